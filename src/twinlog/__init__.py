@@ -1,0 +1,42 @@
+"""twinlog: one management log, kept identical on both nodes of an active-active pair.
+
+>>> from twinlog import Config, TwinLog
+>>> log = TwinLog(Config.load("/etc/twinlog/twinlog.toml"))   # doctest: +SKIP
+>>> log.write("failover started", level="WARNING")             # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from twinlog._api import ReconcileResult, TwinLog
+from twinlog._read import VerifyResult
+from twinlog.config import Config
+from twinlog.entry import Entry
+from twinlog.exceptions import (
+    ConfigError,
+    InvalidEntryError,
+    InvalidTypeError,
+    LockTimeoutError,
+    MessageTooLargeError,
+    PeerError,
+    ReservedFieldError,
+    StorageError,
+    TwinlogError,
+)
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "Entry",
+    "InvalidEntryError",
+    "InvalidTypeError",
+    "LockTimeoutError",
+    "MessageTooLargeError",
+    "PeerError",
+    "ReconcileResult",
+    "ReservedFieldError",
+    "StorageError",
+    "TwinLog",
+    "TwinlogError",
+    "VerifyResult",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,453 @@
+"""The public facade: :class:`TwinLog`, the method's write path, reconcile, read, status, verify."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import weakref
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from twinlog import _failpoints
+from twinlog._fileops import MARKER_FILE, DirOps
+from twinlog._peer import RemoteOps
+from twinlog._read import VerifyResult, compare, merged_entries, origin_seqs, snapshot_files
+from twinlog._store import LogStore
+from twinlog._sync import transfer
+from twinlog._worker import RemoteDir
+from twinlog.clock import HybridClock
+from twinlog.config import Config
+from twinlog.entry import Entry, check_message, encode_entry
+from twinlog.exceptions import ConfigError, PeerError, StorageError
+from twinlog.probe import REASONS, MountTable, StuckRegistry
+
+__all__ = ["ReconcileResult", "TwinLog"]
+
+_MOUNTS = MountTable()
+_instances: weakref.WeakSet[TwinLog] = weakref.WeakSet()
+
+
+def _reset_in_child() -> None:
+    for twin in list(_instances):
+        twin._mutex = threading.Lock()
+        twin._queue_guard = threading.Lock()
+        twin._queue = []
+
+
+os.register_at_fork(after_in_child=_reset_in_child)
+
+
+@dataclass
+class _Pending:
+    msg: str
+    fields_json: bytes
+    fields: dict[str, Any]
+    entry: Entry | None = None
+    error: BaseException | None = None
+
+
+@dataclass
+class ReconcileResult:
+    """What one reconcile (or the drain part of a write) moved, and whether the peer answered."""
+
+    peer_reachable: bool
+    reason: str
+    pushed: int = 0
+    pulled: int = 0
+    torn_repaired: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "peer_reachable": self.peer_reachable,
+            "reason": self.reason,
+            "pushed": self.pushed,
+            "pulled": self.pulled,
+        }
+
+
+class TwinLog:
+    """This node's side of the pair. Thread-safe; one instance per process is plenty.
+
+    ``write()`` is the method of the invention: it appends the entry to the local log and, if the
+    peer is reachable, first drains both caches and then appends to the peer's log; if not, it
+    appends the entry to the local cache. It returns only when the entry is durable locally and
+    either on the peer or in the cache, and it never fails because of the peer.
+    """
+
+    def __init__(self, config: Config, *, clock: HybridClock | None = None) -> None:
+        if not isinstance(config, Config):
+            raise ConfigError(f"TwinLog needs a twinlog.Config, got {type(config).__name__}")
+        self.config = config
+        self._clock = clock or HybridClock()
+        self._mutex = threading.Lock()
+        self._queue_guard = threading.Lock()
+        self._queue: list[_Pending] = []
+        self._local_ops = DirOps(os.fspath(config.log_dir))
+        self._init_local_dir()
+        self._local = LogStore(self._local_ops, config.node, fsync=config.fsync)
+        self._stuck = StuckRegistry(config.log_dir)
+        self._remote = RemoteDir(os.fspath(config.peer_dir), on_stuck=self._stuck.add)
+        self._peer_ops = RemoteOps(self._remote, config.io_timeout)
+        self._peer = LogStore(self._peer_ops, config.peer, fsync=config.fsync)
+        self._last_reason = "ok"
+        _instances.add(self)
+
+    def _init_local_dir(self) -> None:
+        cfg = self.config
+        try:
+            cfg.log_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
+            marker = cfg.log_dir / MARKER_FILE
+            try:
+                fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+            except FileExistsError:
+                pass
+            else:
+                with os.fdopen(fd, "w", encoding="utf-8") as f:
+                    f.write(cfg.node + "\n")
+                    f.flush()
+                    os.fsync(f.fileno())
+            owner = marker.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise StorageError(
+                exc.errno, f"cannot initialise log_dir {cfg.log_dir}: {exc.strerror}"
+            ) from exc
+        if owner != cfg.node:
+            raise ConfigError(
+                f"log_dir {cfg.log_dir} belongs to node {owner!r} (see {marker}), not {cfg.node!r}"
+            )
+        reason = self._local_ops.open_dir(cfg.node, None, True)
+        if reason != "ok":  # pragma: no cover - we just wrote the marker
+            raise ConfigError(f"log_dir {cfg.log_dir}: {reason}")
+
+    def close(self) -> None:
+        """Stop the peer worker. The instance must not be used afterwards."""
+        with self._mutex:
+            self._remote.close()
+            self._local_ops.close()
+
+    def __enter__(self) -> TwinLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- writing ------------------------------------------------------------------------
+    def write(self, msg: str, **fields: Any) -> Entry:
+        """Log ``msg`` with optional extra JSON-serialisable fields; return the durable entry.
+
+        Entries written concurrently by threads of this process share one lock hold and one
+        fsync per file (group commit).
+        """
+        fields_json = check_message(msg, fields, self.config.max_message_bytes)
+        pending = _Pending(msg, fields_json, dict(fields))
+        with self._queue_guard:
+            self._queue.append(pending)
+        with self._mutex:
+            if pending.entry is None and pending.error is None:
+                with self._queue_guard:
+                    batch, self._queue = self._queue, []
+                self._commit(batch)
+        if pending.error is not None:
+            raise pending.error
+        assert pending.entry is not None
+        return pending.entry
+
+    def reconcile(self) -> ReconcileResult:
+        """Steps 4A and 4B without a new entry: deliver whatever either side has not delivered."""
+        with self._mutex:
+            return self._commit([])
+
+    def _commit(self, batch: list[_Pending]) -> ReconcileResult:
+        cfg = self.config
+        _local, peer = self._local, self._peer
+        result = ReconcileResult(peer_reachable=False, reason="ok")
+        reason = self._precheck()
+        peer_ok = reason is None
+        held_local = held_peer = False
+        try:
+            # One global lock order (by node name) so two nodes writing at once never deadlock.
+            for side in sorted((cfg.node, cfg.peer)):
+                if side == cfg.node:
+                    self._local_ops.lock(cfg.lock_timeout)
+                    held_local = True
+                elif peer_ok:
+                    try:
+                        self._peer_ops.connect(
+                            cfg.peer, self._local_ops.dev_ino(), cfg.probe_timeout
+                        )
+                        held_peer = True
+                    except PeerError as exc:
+                        peer_ok, reason = False, exc.reason
+            if _failpoints.ACTIVE:
+                _failpoints.hit("after_lock")
+            self._refresh_local()
+            if peer_ok:
+                try:
+                    peer.refresh(repair=True)
+                    result.pushed = self._drain_to_peer()
+                    result.pulled = self._drain_from_peer()
+                except PeerError as exc:
+                    peer_ok, reason = False, exc.reason
+            result.peer_reachable = peer_ok
+            result.reason = "ok" if peer_ok else (reason or "io_error")
+            if batch:
+                peer_ok = self._append_batch(batch, peer_ok)
+                if not peer_ok and result.peer_reachable:
+                    result.peer_reachable, result.reason = False, "io_error"
+            self._checkpoints(peer_ok)
+        except BaseException as exc:
+            for pending in batch:
+                if pending.entry is None:
+                    pending.error = exc
+            if not batch:
+                raise
+        finally:
+            if held_peer:
+                # A failing unlock means the worker was killed, and its lock went with it.
+                with contextlib.suppress(PeerError):
+                    self._peer_ops.release()
+            if held_local:
+                self._local_ops.unlock()
+        self._last_reason = result.reason
+        return result
+
+    def _precheck(self) -> str | None:
+        """The peer checks that need no peer I/O; a reason when the peer is unreachable."""
+        if self.config.require_mount and not _MOUNTS.is_mount(self.config.peer_dir):
+            return "not_mounted"
+        if self._remote.stuck_pids or self._stuck.alive():
+            return "stuck"
+        return None
+
+    def _refresh_local(self) -> None:
+        try:
+            self._local.refresh(repair=True)
+        except OSError as exc:
+            raise StorageError(exc.errno, f"cannot read the local log: {exc.strerror}") from exc
+
+    def _drain_to_peer(self) -> int:
+        """4A: the local cache (and anything a crash left undelivered) to the peer's log."""
+        moved = transfer(self._local, self._peer, self.config.node)
+        if _failpoints.ACTIVE:
+            _failpoints.hit("after_push_append")
+        if self._local.cache_exists():
+            self._local.remove_cache()
+            if _failpoints.ACTIVE:
+                _failpoints.hit("after_local_cache_remove")
+        return moved
+
+    def _drain_from_peer(self) -> int:
+        """4B: the peer's cache (and anything it left undelivered) to the local log."""
+        try:
+            moved = transfer(self._peer, self._local, self.config.peer)
+        except PeerError:
+            raise
+        except OSError as exc:
+            raise StorageError(exc.errno, f"cannot append to the local log: {exc}") from exc
+        if _failpoints.ACTIVE:
+            _failpoints.hit("after_pull_append")
+        if self._peer.cache_exists():
+            self._peer.remove_cache()
+            if _failpoints.ACTIVE:
+                _failpoints.hit("after_peer_cache_remove")
+        return moved
+
+    def _append_batch(self, batch: list[_Pending], peer_ok: bool) -> bool:
+        """Steps 5 and 6 (or 3): returns whether the batch reached the peer."""
+        cfg = self.config
+        state = self._local.state
+        assert state is not None
+        first_seq = state.hwm.get(cfg.node, 0) + 1
+        stamps = self._clock.next_after(state.max_ts or None, len(batch))
+        lines = [
+            encode_entry(cfg.node, first_seq + i, stamps[i], p.msg, p.fields_json)
+            for i, p in enumerate(batch)
+        ]
+        try:
+            self._local.append_lines(lines, one_write_per_line=True)
+        except OSError as exc:
+            raise StorageError(
+                exc.errno, f"cannot append to the local log {cfg.log_dir}: {exc.strerror}"
+            ) from exc
+        if _failpoints.ACTIVE:
+            _failpoints.hit("after_local_append")
+        if peer_ok:
+            try:
+                self._peer.append_lines(lines, one_write_per_line=True)
+                if _failpoints.ACTIVE:
+                    _failpoints.hit("after_peer_append")
+            except PeerError:
+                peer_ok = False
+        if not peer_ok:
+            try:
+                self._local.append_cache(lines)
+            except OSError as exc:
+                raise StorageError(
+                    exc.errno, f"cannot append to the local cache: {exc.strerror}"
+                ) from exc
+            if _failpoints.ACTIVE:
+                _failpoints.hit("after_cache_append")
+        for i, pending in enumerate(batch):
+            pending.entry = Entry(
+                id=f"{cfg.node}:{first_seq + i}",
+                node=cfg.node,
+                seq=first_seq + i,
+                ts=stamps[i],
+                msg=pending.msg,
+                fields=pending.fields,
+            )
+        return peer_ok
+
+    def _checkpoints(self, peer_ok: bool) -> None:
+        # A checkpoint only saves reading time; failing to write one loses nothing.
+        with contextlib.suppress(OSError):
+            self._local.checkpoint_if_due()
+        if peer_ok:
+            with contextlib.suppress(PeerError):
+                self._peer.checkpoint_if_due()
+
+    # -- reading ------------------------------------------------------------------------
+    def read(self) -> Iterator[Entry]:
+        """Every entry of both nodes in this node's log, once each, in the merged order.
+
+        Reads only local files; identical on both nodes once they have converged.
+        """
+        store = LogStore(DirOps(os.fspath(self.config.log_dir)), self.config.node, fsync=False)
+        store.ops.open_dir(self.config.node, None, False)  # type: ignore[attr-defined]
+        store.refresh(repair=False)
+        files = snapshot_files(store)
+        return merged_entries(store, files, [self.config.node, self.config.peer])
+
+    def status(self) -> dict[str, Any]:
+        """Reachability (and why not), what waits in each cache, the last sequence numbers."""
+        cfg = self.config
+        with self._mutex:
+            local = self._local
+            self._refresh_local_readonly()
+            assert local.state is not None
+            local_hwm = dict(local.state.hwm)
+            info: dict[str, Any] = {
+                "node": cfg.node,
+                "peer": cfg.peer,
+                "peer_reachable": False,
+                "peer_reason": "ok",
+                "peer_reason_text": "",
+                "cache_entries": {"local": local.count_cache(), "peer": None},
+                "last_seq": {
+                    cfg.node: local_hwm.get(cfg.node, 0),
+                    cfg.peer: local_hwm.get(cfg.peer, 0),
+                },
+                "peer_last_seq": None,
+                "pending_to_peer": None,
+                "pending_from_peer": None,
+                "stuck_workers": self._remote.stuck_pids,
+                "in_sync": False,
+            }
+            reason = self._precheck()
+            if reason is None:
+                try:
+                    self._peer_ops.remote.call(
+                        "check_dir", cfg.peer, self._local_ops.dev_ino(), timeout=cfg.probe_timeout
+                    )
+                    peer_state = self._peer.refresh(repair=False)
+                    peer_hwm = dict(peer_state.hwm)
+                    info["cache_entries"]["peer"] = self._peer.count_cache()
+                    info["peer_last_seq"] = {
+                        cfg.node: peer_hwm.get(cfg.node, 0),
+                        cfg.peer: peer_hwm.get(cfg.peer, 0),
+                    }
+                    info["pending_to_peer"] = local_hwm.get(cfg.node, 0) - peer_hwm.get(cfg.node, 0)
+                    info["pending_from_peer"] = peer_hwm.get(cfg.peer, 0) - local_hwm.get(
+                        cfg.peer, 0
+                    )
+                    info["peer_reachable"] = True
+                except PeerError as exc:
+                    reason = exc.reason
+                    info["peer_reason_text"] = exc.detail
+            info["peer_reason"] = reason or "ok"
+            info["peer_reason_text"] = info["peer_reason_text"] or REASONS.get(reason or "ok", "")
+            info["in_sync"] = bool(
+                info["peer_reachable"]
+                and info["pending_to_peer"] == 0
+                and info["pending_from_peer"] == 0
+                and not info["cache_entries"]["local"]
+                and not info["cache_entries"]["peer"]
+            )
+            return info
+
+    def _refresh_local_readonly(self) -> None:
+        try:
+            self._local.refresh(repair=False)
+        except OSError as exc:
+            raise StorageError(exc.errno, f"cannot read the local log: {exc.strerror}") from exc
+
+    def verify(self) -> VerifyResult:
+        """Compare this node's log with the peer's, by entry id."""
+        cfg = self.config
+        with self._mutex:
+            result = VerifyResult(
+                in_sync=False, node=cfg.node, peer=cfg.peer, peer_reachable=False, reason="ok"
+            )
+            reason = self._precheck()
+            if reason is not None:
+                result.reason = reason
+                return result
+            # Snapshot both logs' complete sizes under both locks, then read without them.
+            held_local = held_peer = False
+            try:
+                for side in sorted((cfg.node, cfg.peer)):
+                    if side == cfg.node:
+                        self._local_ops.lock(cfg.lock_timeout)
+                        held_local = True
+                    else:
+                        self._peer_ops.connect(
+                            cfg.peer, self._local_ops.dev_ino(), cfg.probe_timeout
+                        )
+                        held_peer = True
+                self._refresh_local_readonly()
+                self._peer.refresh(repair=False)
+                local_files = snapshot_files(self._local)
+                peer_files = snapshot_files(self._peer)
+            except PeerError as exc:
+                result.reason = exc.reason
+                return result
+            finally:
+                if held_peer:
+                    with contextlib.suppress(PeerError):
+                        self._peer_ops.release()
+                if held_local:
+                    self._local_ops.unlock()
+            try:
+                for origin in (cfg.node, cfg.peer):
+                    compare(
+                        origin_seqs(self._local, local_files, origin),
+                        origin_seqs(self._peer, peer_files, origin),
+                        origin,
+                        result,
+                    )
+            except PeerError as exc:
+                result.reason = exc.reason
+                return result
+            result.peer_reachable = True
+            result.in_sync = not (
+                result.missing_on_local
+                or result.missing_on_peer
+                or result.duplicates_local
+                or result.duplicates_peer
+            )
+            return result
+
+    # -- introspection for tests and the CLI --------------------------------------------
+    @property
+    def last_reason(self) -> str:
+        """Why the last write or reconcile did (``"ok"``) or did not reach the peer."""
+        return self._last_reason
+
+    def peer_worker_stats(self) -> Mapping[str, int]:
+        return {
+            "spawned": self._remote.spawned,
+            "killed": self._remote.killed,
+            "stuck": len(self._remote.stuck_pids),
+        }

@@ -1,0 +1,268 @@
+"""Primitive file operations on one node directory, the same whether run here or in the worker.
+
+The local node's directory is driven in-process; the peer's (the mount) only from the killable
+worker process (see ``_worker.py``), which runs this very class on its side of a pipe. Every
+operation is addressed relative to a directory descriptor, so once the directory has been checked
+(identity marker, not ourselves), a vanishing mount cannot redirect writes to a local directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+from typing import Any
+
+from twinlog._locks import PosixLock
+
+__all__ = ["CACHE_FILE", "LOG_FILE", "MARKER_FILE", "TORN_FILE", "DirOps", "IdentityError"]
+
+LOG_FILE = "twinlog.log"
+CACHE_FILE = "twinlog.cache"
+MARKER_FILE = "twinlog.node"
+TORN_FILE = "twinlog.torn"
+
+_READ_BACK = 64 * 1024
+
+
+class IdentityError(Exception):
+    """The directory is not the expected node's; ``str(exc)`` starts with the probe reason."""
+
+
+class DirOps:
+    """Operations on one twinlog directory. Methods are called by name through :meth:`call`."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._dir_fd: int | None = None
+        self._lock: PosixLock | None = None
+
+    # -- directory identity -------------------------------------------------------------
+    def open_dir(
+        self, expected_node: str, not_dev_ino: tuple[int, int] | None, create: bool
+    ) -> str:
+        """(Re)open the directory and check its identity marker.
+
+        Returns ``"ok"`` or a probe reason: ``"missing"`` (no directory or marker: an unmounted
+        mount point looks like this), ``"wrong_identity"``, ``"self"``.
+        """
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return "missing"
+        if self._dir_fd is not None:
+            cur = os.fstat(self._dir_fd)
+            if (cur.st_dev, cur.st_ino) != (st.st_dev, st.st_ino):
+                self.close()
+        if self._dir_fd is None:
+            self._dir_fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        st = os.fstat(self._dir_fd)
+        if not_dev_ino is not None and (st.st_dev, st.st_ino) == tuple(not_dev_ino):
+            return "self"
+        try:
+            marker = self.read_all(MARKER_FILE).decode("utf-8", "replace").strip()
+        except FileNotFoundError:
+            return "missing"
+        if marker != expected_node:
+            return "wrong_identity:" + marker[:64]
+        if self._lock is None:
+            self._lock = PosixLock(self._dir_fd, create=create)
+        return "ok"
+
+    def check_dir(self, expected_node: str, not_dev_ino: tuple[int, int] | None) -> None:
+        """:meth:`open_dir`, raising IdentityError unless the directory is the expected node's."""
+        reason = self.open_dir(expected_node, not_dev_ino, False)
+        if reason != "ok":
+            raise IdentityError(f"{reason}: {self.path}")
+
+    def tail(self, name: str, offset: int, limit: int) -> tuple[int, int, bytes] | None:
+        """``(size, inode, bytes from offset)`` of a file in one call; None when missing."""
+        st = self.stat(name)
+        if st is None:
+            return None
+        size, ino = st
+        data = self.read(name, offset, min(limit, size - offset)) if size > offset else b""
+        return (size, ino, data)
+
+    def close(self) -> None:
+        if self._lock is not None and self._lock.held:
+            self._lock.release()
+        self._lock = None
+        if self._dir_fd is not None:
+            os.close(self._dir_fd)
+            self._dir_fd = None
+
+    @property
+    def dir_fd(self) -> int:
+        if self._dir_fd is None:
+            raise FileNotFoundError(errno.ENOENT, "directory not opened", self.path)
+        return self._dir_fd
+
+    def dev_ino(self) -> tuple[int, int]:
+        st = os.fstat(self.dir_fd)
+        return (st.st_dev, st.st_ino)
+
+    # -- lock ---------------------------------------------------------------------------
+    def lock(self, timeout: float) -> None:
+        if self._lock is None:
+            raise FileNotFoundError(errno.ENOENT, "directory not opened", self.path)
+        self._lock.acquire(timeout)
+
+    def unlock(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+
+    # -- files --------------------------------------------------------------------------
+    def stat(self, name: str) -> tuple[int, int] | None:
+        """``(size, inode)`` of a file, or None when it does not exist."""
+        try:
+            st = os.stat(name, dir_fd=self.dir_fd)
+        except FileNotFoundError:
+            return None
+        return (st.st_size, st.st_ino)
+
+    def read(self, name: str, offset: int, length: int) -> bytes:
+        """Up to ``length`` bytes at ``offset`` (fewer at the end); b"" for a missing file."""
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=self.dir_fd)
+        except FileNotFoundError:
+            return b""
+        try:
+            chunks = []
+            while length > 0:
+                data = os.pread(fd, length, offset)
+                if not data:
+                    break
+                chunks.append(data)
+                offset += len(data)
+                length -= len(data)
+            return b"".join(chunks)
+        finally:
+            os.close(fd)
+
+    def read_all(self, name: str) -> bytes:
+        fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=self.dir_fd)
+        with os.fdopen(fd, "rb") as f:
+            return f.read()
+
+    def append(self, name: str, chunks: list[bytes], fsync: bool) -> int:
+        """Append each chunk with one ``write()`` and fsync; return the new size.
+
+        A chunk is one line or a run of complete lines. On any failure the file is cut back to
+        its size before the call (best effort), so a failed append leaves no partial line, and
+        the error is raised: errors at write, fsync or close all mean "not durable".
+        """
+        fd = os.open(
+            name, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640, dir_fd=self.dir_fd
+        )
+        start = os.fstat(fd).st_size
+        try:
+            for chunk in chunks:
+                view = memoryview(chunk)
+                while view:
+                    written = os.write(fd, view)
+                    if written <= 0:  # pragma: no cover - write() returns >0 or raises
+                        raise OSError(errno.EIO, "short write")
+                    view = view[written:]
+            if fsync:
+                os.fsync(fd)
+            end = os.fstat(fd).st_size
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, start)
+            with contextlib.suppress(OSError):
+                os.close(fd)
+            raise
+        os.close(fd)  # NFS reports delayed write errors here: it raises, and the caller retries
+        return end
+
+    def repair_tail(self, name: str) -> int:
+        """Cut a torn last line (no newline: a writer died mid-append) off ``name``.
+
+        The torn bytes are kept in ``twinlog.torn`` for inspection. Returns how many bytes were
+        cut. Call only under the directory lock.
+        """
+        st = self.stat(name)
+        if st is None or st[0] == 0:
+            return 0
+        size = st[0]
+        if self.read(name, size - 1, 1) == b"\n":
+            return 0
+        pos = size
+        keep = 0
+        while pos > 0:
+            start = max(0, pos - _READ_BACK)
+            block = self.read(name, start, pos - start)
+            nl = block.rfind(b"\n")
+            if nl >= 0:
+                keep = start + nl + 1
+                break
+            pos = start
+        torn = self.read(name, keep, size - keep)
+        self.append(TORN_FILE, [torn + b"\n"], fsync=True)
+        fd = os.open(name, os.O_WRONLY | os.O_CLOEXEC, dir_fd=self.dir_fd)
+        try:
+            os.ftruncate(fd, keep)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return size - keep
+
+    def unlink(self, name: str) -> bool:
+        try:
+            os.unlink(name, dir_fd=self.dir_fd)
+        except FileNotFoundError:
+            return False
+        return True
+
+    def replace(self, name: str, data: bytes, fsync: bool) -> None:
+        """Atomically replace ``name`` with ``data`` (temp file + rename)."""
+        tmp = f".{name}.{os.getpid()}.tmp"
+        fd = os.open(
+            tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640, dir_fd=self.dir_fd
+        )
+        try:
+            os.write(fd, data)
+            if fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, name, src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd)
+
+    def rename(self, src: str, dst: str) -> None:
+        os.rename(src, dst, src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd)
+
+    def listdir(self) -> list[str]:
+        return os.listdir(self.dir_fd)
+
+    def fsync_dir(self) -> None:
+        os.fsync(self.dir_fd)
+
+    # -- dispatch -----------------------------------------------------------------------
+    def call(self, op: str, args: tuple[Any, ...]) -> Any:
+        if op.startswith("_") or op not in _OPS:
+            raise ValueError(f"unknown operation {op!r}")
+        return getattr(self, op)(*args)
+
+
+_OPS = frozenset(
+    {
+        "open_dir",
+        "check_dir",
+        "tail",
+        "close",
+        "dev_ino",
+        "lock",
+        "unlock",
+        "stat",
+        "read",
+        "read_all",
+        "append",
+        "repair_tail",
+        "unlink",
+        "replace",
+        "rename",
+        "listdir",
+        "fsync_dir",
+    }
+)

@@ -1,0 +1,76 @@
+"""The peer's directory, reached only through the killable worker, every call on a deadline."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twinlog._worker import RemoteDir
+
+__all__ = ["RemoteOps"]
+
+
+class RemoteOps:
+    """:class:`twinlog._store.Ops` for the peer directory: each call bounded by ``io_timeout``.
+
+    Any failure raises :class:`~twinlog.exceptions.PeerError`; a call that does not answer in
+    time has its worker killed first.
+    """
+
+    def __init__(self, remote: RemoteDir, io_timeout: float) -> None:
+        self.remote = remote
+        self.io_timeout = io_timeout
+
+    def _call(self, op: str, *args: Any) -> Any:
+        return self.remote.call(op, *args, timeout=self.io_timeout)
+
+    def connect(
+        self, expected_node: str, not_dev_ino: tuple[int, int], probe_timeout: float
+    ) -> None:
+        """Check the directory is the peer's (identity marker, not ourselves) and take its lock.
+
+        The identity check must answer within ``probe_timeout``; the lock within ``io_timeout``.
+        """
+        self.remote.call("check_dir", expected_node, not_dev_ino, timeout=probe_timeout)
+        self.remote.call("lock", self.io_timeout * 0.9, timeout=self.io_timeout)
+
+    def release(self) -> None:
+        """Unlock the peer; a dead or killed worker held nothing any more."""
+        if self.remote.alive:
+            self._call("unlock")
+
+    def stat(self, name: str) -> tuple[int, int] | None:
+        result: tuple[int, int] | None = self._call("stat", name)
+        return result
+
+    def read(self, name: str, offset: int, length: int) -> bytes:
+        data: bytes = self._call("read", name, offset, length)
+        return data
+
+    def tail(self, name: str, offset: int, limit: int) -> tuple[int, int, bytes] | None:
+        result: tuple[int, int, bytes] | None = self._call("tail", name, offset, limit)
+        return result
+
+    def append(self, name: str, chunks: list[bytes], fsync: bool) -> int:
+        size: int = self._call("append", name, chunks, fsync)
+        return size
+
+    def repair_tail(self, name: str) -> int:
+        cut: int = self._call("repair_tail", name)
+        return cut
+
+    def unlink(self, name: str) -> bool:
+        done: bool = self._call("unlink", name)
+        return done
+
+    def replace(self, name: str, data: bytes, fsync: bool) -> None:
+        self._call("replace", name, data, fsync)
+
+    def rename(self, src: str, dst: str) -> None:
+        self._call("rename", src, dst)
+
+    def listdir(self) -> list[str]:
+        names: list[str] = self._call("listdir")
+        return names
+
+    def fsync_dir(self) -> None:
+        self._call("fsync_dir")

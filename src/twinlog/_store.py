@@ -1,0 +1,341 @@
+"""One node directory's log as seen from here: what it holds, and appending to it.
+
+A :class:`LogStore` drives a directory through an :class:`Ops` (in-process for our own
+directory, the killable worker for the peer's) and keeps, in memory, what it has read of the
+active log: the byte offset of the last complete line and, per origin node, the highest sequence
+number present (the *high-water mark*). Entries of each origin sit in every log in sequence order
+without gaps, so the high-water mark alone says which entries a log lacks; that is what makes
+drains idempotent. A checkpoint file (``twinlog.idx``) bounds how much a fresh process must read
+to learn the marks.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from twinlog._fileops import CACHE_FILE, LOG_FILE
+from twinlog.entry import parse_key
+
+__all__ = ["INDEX_FILE", "LogState", "LogStore", "Ops", "segment_name", "split_lines"]
+
+INDEX_FILE = "twinlog.idx"
+CHUNK = 1 << 20
+CHECKPOINT_EVERY = 1 << 20
+_TAIL_BYTES = 48
+_SEGMENT_RE = re.compile(r"twinlog\.log\.(\d+)")
+
+
+def segment_name(number: int) -> str:
+    return f"{LOG_FILE}.{number}"
+
+
+class Ops(Protocol):
+    """The file operations a store needs; see :class:`twinlog._fileops.DirOps`."""
+
+    def stat(self, name: str) -> tuple[int, int] | None: ...
+    def read(self, name: str, offset: int, length: int) -> bytes: ...
+    def tail(self, name: str, offset: int, limit: int) -> tuple[int, int, bytes] | None: ...
+    def append(self, name: str, chunks: list[bytes], fsync: bool) -> int: ...
+    def repair_tail(self, name: str) -> int: ...
+    def unlink(self, name: str) -> bool: ...
+    def replace(self, name: str, data: bytes, fsync: bool) -> None: ...
+    def rename(self, src: str, dst: str) -> None: ...
+    def listdir(self) -> list[str]: ...
+    def fsync_dir(self) -> None: ...
+
+
+@dataclass
+class LogState:
+    """What has been read of the active log."""
+
+    ino: int | None = None
+    offset: int = 0
+    hwm: dict[str, int] = field(default_factory=dict)
+    max_ts: str = ""
+    tail: bytes = b""
+    checkpoint_offset: int = 0
+    torn: bool = False
+
+    def absorb(self, lines: list[bytes]) -> None:
+        for line in lines:
+            key = parse_key(line)
+            if key is None:
+                continue
+            node, seq, ts = key
+            if seq > self.hwm.get(node, 0):
+                self.hwm[node] = seq
+            self.max_ts = max(self.max_ts, ts)
+
+
+def split_lines(data: bytes) -> tuple[list[bytes], int]:
+    """Complete lines (with their newline) of ``data``, and how many bytes they span."""
+    end = data.rfind(b"\n") + 1
+    if end == 0:
+        return [], 0
+    return data[:end].splitlines(keepends=True), end
+
+
+class LogStore:
+    """A node's log directory, reached through ``ops``."""
+
+    def __init__(self, ops: Ops, node: str, *, fsync: bool) -> None:
+        self.ops = ops
+        self.node = node
+        self.fsync = fsync
+        self.state: LogState | None = None
+
+    # -- learning what the log holds ------------------------------------------------------
+    def refresh(self, *, repair: bool) -> LogState:
+        """Bring :attr:`state` up to date with the file; cut a torn tail when ``repair``.
+
+        Only call with ``repair=True`` while holding the directory's lock.
+        """
+        first = self.ops.tail(LOG_FILE, self.state.offset if self.state else 0, CHUNK)
+        state = self.state
+        if state is None or first is None or first[1] != state.ino or first[0] < state.offset:
+            state = self._load(first)
+        else:
+            size, _ino, data = first
+            self._consume(state, data, size)
+        if state.torn and repair:
+            self.ops.repair_tail(LOG_FILE)
+            state.torn = False
+        self.state = state
+        return state
+
+    def _consume(self, state: LogState, data: bytes, size: int) -> None:
+        """Absorb ``data`` (read at ``state.offset``) and whatever follows up to ``size``."""
+        while True:
+            lines, used = split_lines(data)
+            if lines:
+                state.absorb(lines)
+                state.offset += used
+                state.tail = (state.tail + data[:used])[-_TAIL_BYTES:]
+            if state.offset >= size:
+                state.torn = False
+                return
+            if not lines and len(data) < CHUNK:
+                # Bytes after the last newline, and nothing more to read: a torn line (a writer
+                # died mid-append) or, without the lock, one being written right now.
+                state.torn = True
+                return
+            if not lines:
+                data = data + self.ops.read(LOG_FILE, state.offset + len(data), CHUNK)
+                continue
+            data = self.ops.read(LOG_FILE, state.offset, CHUNK)
+            if not data:
+                state.torn = state.offset < size
+                return
+
+    def _load(self, first: tuple[int, int, bytes] | None) -> LogState:
+        """Build the state from the checkpoint if it matches the file, else from the segments."""
+        size, ino = (first[0], first[1]) if first else (0, None)
+        state = self._from_checkpoint(size)
+        if state is None:
+            state = LogState()
+            for seg in self.segments():
+                self._scan_into(state, seg)
+            state.offset = 0
+            state.tail = b""
+        state.ino = ino
+        self._consume(state, self.ops.read(LOG_FILE, state.offset, CHUNK), size)
+        return state
+
+    def _from_checkpoint(self, size: int) -> LogState | None:
+        raw = self.ops.read(INDEX_FILE, 0, 1 << 16)
+        try:
+            data = json.loads(raw) if raw else None
+            if not isinstance(data, dict):
+                return None
+            offset = int(data["offset"])
+            tail = bytes.fromhex(data["tail"])
+            hwm = {str(k): int(v) for k, v in data["hwm"].items()}
+            max_ts = str(data["max_ts"])
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return None
+        if offset > size or len(tail) > offset:
+            return None
+        if tail and self.ops.read(LOG_FILE, offset - len(tail), len(tail)) != tail:
+            return None
+        if offset == 0 and size > 0 and not data.get("fresh"):
+            return None
+        return LogState(offset=offset, hwm=hwm, max_ts=max_ts, tail=tail, checkpoint_offset=offset)
+
+    def _scan_into(self, state: LogState, name: str) -> None:
+        offset = 0
+        rest = b""
+        while True:
+            data = self.ops.read(name, offset, CHUNK)
+            if not data:
+                return
+            offset += len(data)
+            lines, used = split_lines(rest + data)
+            state.absorb(lines)
+            rest = (rest + data)[used:]
+
+    def checkpoint_if_due(self, *, force: bool = False) -> None:
+        """Record the marks at the current offset, so a fresh reader starts from here."""
+        state = self.state
+        if state is None or state.torn:
+            return
+        if not force and state.offset - state.checkpoint_offset < CHECKPOINT_EVERY:
+            return
+        self.ops.replace(INDEX_FILE, self.checkpoint_bytes(state), False)
+        state.checkpoint_offset = state.offset
+
+    @staticmethod
+    def checkpoint_bytes(state: LogState, *, fresh: bool = False) -> bytes:
+        doc: dict[str, Any] = {
+            "offset": state.offset,
+            "tail": state.tail.hex(),
+            "hwm": state.hwm,
+            "max_ts": state.max_ts,
+        }
+        if fresh:
+            doc["fresh"] = True
+        return json.dumps(doc, sort_keys=True).encode() + b"\n"
+
+    def segments(self) -> list[str]:
+        """Rotated segments, oldest first (not the active log)."""
+        numbered = []
+        for name in self.ops.listdir():
+            m = _SEGMENT_RE.fullmatch(name)
+            if m:
+                numbered.append((int(m.group(1)), name))
+        return [name for _, name in sorted(numbered)]
+
+    # -- appending ------------------------------------------------------------------------
+    def append_lines(self, lines: list[bytes], *, one_write_per_line: bool) -> None:
+        """Append complete lines to the active log (fsync per config) and account for them."""
+        if not lines:
+            return
+        state = self.state
+        assert state is not None, "refresh() first"
+        chunks = lines if one_write_per_line else _pack(lines)
+        size = self.ops.append(LOG_FILE, chunks, self.fsync)
+        if state.ino is None:
+            st = self.ops.stat(LOG_FILE)
+            state.ino = st[1] if st else None
+        state.absorb(lines)
+        state.tail = (state.tail + b"".join(lines[-2:]))[-_TAIL_BYTES:]
+        state.offset = size
+
+    def append_cache(self, lines: list[bytes]) -> None:
+        self.ops.append(CACHE_FILE, lines, self.fsync)
+
+    def cache_exists(self) -> bool:
+        return self.ops.stat(CACHE_FILE) is not None
+
+    def remove_cache(self) -> bool:
+        return self.ops.unlink(CACHE_FILE)
+
+    def count_cache(self) -> int:
+        count = 0
+        offset = 0
+        while True:
+            data = self.ops.read(CACHE_FILE, offset, CHUNK)
+            if not data:
+                return count
+            count += data.count(b"\n")
+            offset += len(data)
+
+    # -- reading entries of one origin ------------------------------------------------------
+    def iter_cache(self) -> Iterator[list[bytes]]:
+        """The cache file's complete lines, in chunks."""
+        yield from self._iter_file(CACHE_FILE, 0, None)
+
+    def _iter_file(self, name: str, offset: int, end: int | None) -> Iterator[list[bytes]]:
+        rest = b""
+        while end is None or offset < end:
+            want = CHUNK if end is None else min(CHUNK, end - offset)
+            data = self.ops.read(name, offset, want)
+            if not data:
+                return
+            offset += len(data)
+            lines, used = split_lines(rest + data)
+            rest = (rest + data)[used:]
+            if lines:
+                yield lines
+
+    def iter_origin_after(self, origin: str, after_seq: int) -> Iterator[list[bytes]]:
+        """Lines of ``origin`` with seq > ``after_seq``, in log order, across segments.
+
+        Finds the start by reading backwards from the end of the active log to the last line of
+        ``origin`` with seq <= ``after_seq``; then streams forward from there.
+        """
+        state = self.state
+        assert state is not None, "refresh() first"
+        files = [*self.segments(), LOG_FILE]
+        ends = {LOG_FILE: state.offset}
+        start_file, start_offset = 0, 0
+        for index in range(len(files) - 1, -1, -1):
+            found = self._find_back(files[index], ends.get(files[index]), origin, after_seq)
+            if found is not None:
+                start_file, start_offset = index, found
+                break
+        for index in range(start_file, len(files)):
+            name = files[index]
+            offset = start_offset if index == start_file else 0
+            for lines in self._iter_file(name, offset, ends.get(name)):
+                picked = []
+                for line in lines:
+                    key = parse_key(line)
+                    if key is not None and key[0] == origin and key[1] > after_seq:
+                        picked.append(line)
+                if picked:
+                    yield picked
+
+    def _find_back(self, name: str, end: int | None, origin: str, after_seq: int) -> int | None:
+        """Offset just past the last line of ``origin`` with seq <= after_seq, or None."""
+        if end is None:
+            st = self.ops.stat(name)
+            if st is None:
+                return None
+            end = st[0]
+        pos = end
+        carry = b""  # the start of a line that began before ``pos``
+        while pos > 0:
+            start = max(0, pos - CHUNK)
+            block = self.ops.read(name, start, pos - start) + carry
+            first_nl = block.find(b"\n") if start > 0 else -1
+            if start > 0 and first_nl < 0:  # one line longer than CHUNK: keep reading back
+                carry = block
+                pos = start
+                continue
+            body = block[first_nl + 1 :]
+            base = start + first_nl + 1
+            carry = block[: first_nl + 1] if start > 0 else b""
+            lines = body.splitlines(keepends=True)
+            offsets = []
+            running = base
+            for line in lines:
+                offsets.append(running)
+                running += len(line)
+            for line, line_start in zip(reversed(lines), reversed(offsets), strict=True):
+                if not line.endswith(b"\n"):
+                    continue
+                key = parse_key(line)
+                if key is not None and key[0] == origin and key[1] <= after_seq:
+                    return line_start + len(line)
+            pos = start
+        return None
+
+
+def _pack(lines: list[bytes]) -> list[bytes]:
+    """Group lines into chunks of about CHUNK bytes, each made of whole lines."""
+    chunks: list[bytes] = []
+    current: list[bytes] = []
+    size = 0
+    for line in lines:
+        current.append(line)
+        size += len(line)
+        if size >= CHUNK:
+            chunks.append(b"".join(current))
+            current, size = [], 0
+    if current:
+        chunks.append(b"".join(current))
+    return chunks

@@ -1,0 +1,252 @@
+"""Peer I/O in a separate, killable process.
+
+A call blocked in the kernel on a dead NFS mount cannot be interrupted from a thread, and only
+SIGKILL ends it (TASK_KILLABLE). So every operation on the peer's directory runs in a small worker
+process that serves :class:`~twinlog._fileops.DirOps` calls over a pipe. The caller waits at most
+its deadline for each answer; when the deadline passes it SIGKILLs the worker and reports the peer
+as unreachable. The kernel releases a dead worker's locks (through NFS: at once if the server is
+reachable, otherwise when the server's lease on them expires).
+
+At most one worker per :class:`RemoteDir` exists, and a new one is not started while a killed one
+is still alive (stuck in the kernel behind another caller): stuck processes cannot pile up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+import select
+import signal
+import struct
+import subprocess
+import sys
+import time
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+from twinlog._fileops import DirOps, IdentityError
+from twinlog.exceptions import LockTimeoutError, PeerError
+
+__all__ = ["RemoteDir", "serve"]
+
+_HEADER = struct.Struct("!I")
+_MAX_FRAME = 1 << 30
+_instances: weakref.WeakSet[RemoteDir] = weakref.WeakSet()
+
+
+def _forget_workers_in_child() -> None:
+    # A forked child must not talk to (or kill) its parent's workers: it starts its own.
+    for remote in list(_instances):
+        remote._disown()
+
+
+os.register_at_fork(after_in_child=_forget_workers_in_child)
+
+
+class RemoteDir:
+    """The :class:`DirOps` of a directory, run in a worker process with a deadline per call."""
+
+    def __init__(self, path: str, *, on_stuck: Callable[[int], None] | None = None) -> None:
+        self.path = path
+        self._on_stuck = on_stuck
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._stuck: list[subprocess.Popen[bytes]] = []
+        self.spawned = 0
+        self.killed = 0
+        _instances.add(self)
+
+    # -- lifecycle ----------------------------------------------------------------------
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        self._reap()
+        if self._stuck:
+            pids = ", ".join(str(p.pid) for p in self._stuck)
+            raise PeerError("stuck", f"an abandoned peer operation is still blocked (pid {pids})")
+        pkg_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        code = (
+            f"import sys; sys.path.insert(0, {pkg_parent!r}); "
+            "import twinlog._worker as w; w.serve()"
+        )
+        proc = subprocess.Popen(
+            [sys.executable, "-c", code],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            close_fds=True,
+        )
+        self.spawned += 1
+        return proc
+
+    @property
+    def alive(self) -> bool:
+        """Whether a worker is running (so it may hold the peer's lock)."""
+        return self._proc is not None and self._proc.poll() is None
+
+    def _reap(self) -> None:
+        self._stuck = [p for p in self._stuck if p.poll() is None]
+
+    @property
+    def stuck_pids(self) -> list[int]:
+        self._reap()
+        return [p.pid for p in self._stuck]
+
+    def _disown(self) -> None:
+        self._proc = None
+        self._stuck = []
+
+    def _abandon(self) -> None:
+        """SIGKILL the worker; remember it if the kernel does not let it die at once."""
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        self.killed += 1
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        for stream in (proc.stdin, proc.stdout):
+            try:
+                if stream is not None:
+                    stream.close()
+            except OSError:
+                pass
+        deadline = time.monotonic() + 0.05
+        while proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.002)
+        if proc.poll() is None:
+            self._stuck.append(proc)
+            if self._on_stuck is not None:
+                self._on_stuck(proc.pid)
+
+    def close(self) -> None:
+        """Stop the worker (politely: EOF; it may be stuck, then it is killed)."""
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        try:
+            if proc.stdin is not None:
+                proc.stdin.close()
+            proc.wait(timeout=0.5)
+        except (OSError, subprocess.TimeoutExpired):
+            self._proc = proc
+            self._abandon()
+        finally:
+            if proc.stdout is not None:
+                proc.stdout.close()
+
+    # -- calls --------------------------------------------------------------------------
+    def call(self, op: str, *args: Any, timeout: float) -> Any:
+        return self.batch([(op, args)], timeout=timeout)[0]
+
+    def batch(self, ops: list[tuple[str, tuple[Any, ...]]], *, timeout: float) -> list[Any]:
+        """Run ``ops`` in order in the worker; all must answer within ``timeout`` seconds.
+
+        Raises PeerError("timeout") after killing the worker, PeerError("io_error") when an
+        operation fails (the worker stays), or the worker's own exception for programming errors.
+        """
+        deadline = time.monotonic() + timeout
+        if self._proc is None or self._proc.poll() is not None:
+            self._proc = self._spawn()
+        proc = self._proc
+        assert proc.stdin is not None
+        assert proc.stdout is not None
+        addressed = [(op, (self.path, *args)) for op, args in ops]
+        payload = pickle.dumps(addressed, protocol=pickle.HIGHEST_PROTOCOL)
+        try:
+            _write_frame(proc.stdin.fileno(), payload, deadline)
+            reply = _read_frame(proc.stdout.fileno(), deadline)
+        except TimeoutError:
+            self._abandon()
+            raise PeerError("timeout", f"no answer within {timeout:.3g}s") from None
+        except (OSError, EOFError) as exc:
+            self._abandon()
+            raise PeerError("io_error", f"peer worker died: {exc}") from None
+        status, value = pickle.loads(reply)
+        if status == "ok":
+            return list(value)
+        kind, errno_, text = value
+        reason = {"identity": "unreachable", "lock": "busy"}.get(kind, "io_error")
+        if kind == "identity":
+            reason = text.split(":", 1)[0]
+        raise PeerError(reason, text + (f" [errno {errno_}]" if errno_ else ""))
+
+
+def _write_frame(fd: int, payload: bytes, deadline: float) -> None:
+    data = memoryview(_HEADER.pack(len(payload)) + payload)
+    while data:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError
+        _, writable, _ = select.select([], [fd], [], remaining)
+        if not writable:
+            raise TimeoutError
+        written = os.write(fd, data[: 1 << 16])
+        data = data[written:]
+
+
+def _read_exact(fd: int, size: int, deadline: float) -> bytes:
+    chunks: list[bytes] = []
+    while size > 0:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError
+        readable, _, _ = select.select([fd], [], [], remaining)
+        if not readable:
+            raise TimeoutError
+        data = os.read(fd, min(size, 1 << 20))
+        if not data:
+            raise EOFError("worker closed its pipe")
+        chunks.append(data)
+        size -= len(data)
+    return b"".join(chunks)
+
+
+def _read_frame(fd: int, deadline: float) -> bytes:
+    (size,) = _HEADER.unpack(_read_exact(fd, _HEADER.size, deadline))
+    if size > _MAX_FRAME:
+        raise EOFError(f"frame of {size} bytes")
+    return _read_exact(fd, size, deadline)
+
+
+def _read_blocking(fd: int, size: int) -> bytes | None:
+    chunks: list[bytes] = []
+    while size > 0:
+        data = os.read(fd, min(size, 1 << 20))
+        if not data:
+            return None
+        chunks.append(data)
+        size -= len(data)
+    return b"".join(chunks)
+
+
+def serve(stdin_fd: int = 0, stdout_fd: int = 1) -> None:
+    """The worker's loop: run batches of DirOps calls until the parent closes the pipe."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's business
+    dirs: dict[str, DirOps] = {}
+    while True:
+        header = _read_blocking(stdin_fd, _HEADER.size)
+        if header is None:
+            return
+        payload = _read_blocking(stdin_fd, _HEADER.unpack(header)[0])
+        if payload is None:
+            return
+        results: list[Any] = []
+        try:
+            for op, args in pickle.loads(payload):
+                path, rest = args[0], args[1:]
+                target = dirs.get(path)
+                if target is None:
+                    target = dirs[path] = DirOps(path)
+                results.append(target.call(op, rest))
+            reply: tuple[str, Any] = ("ok", results)
+        except IdentityError as exc:
+            reply = ("err", ("identity", None, str(exc)))
+        except LockTimeoutError as exc:
+            reply = ("err", ("lock", None, f"{op}: {exc}"))
+        except OSError as exc:
+            reply = ("err", ("os", exc.errno, f"{op}: {exc.strerror or exc}"))
+        except Exception as exc:
+            reply = ("err", ("other", None, f"{op}: {type(exc).__name__}: {exc}"))
+        data = pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL)
+        out = memoryview(_HEADER.pack(len(data)) + data)
+        while out:
+            out = out[os.write(stdout_fd, out) :]

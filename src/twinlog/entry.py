@@ -1,0 +1,191 @@
+"""Log entries: the public :class:`Entry`, its one-line JSON encoding, and fast id parsing.
+
+A line is ``{"id":"<node>:<seq>","node":...,"seq":...,"ts":...,"msg":...,<extra fields>}\\n``,
+UTF-8, with the identifying keys first so scanners can read an entry's origin, sequence number
+and timestamp without decoding the whole line. JSON escapes newlines, NUL and every other control
+character, so any ``str`` message stays on one line and round-trips intact.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from twinlog.exceptions import (
+    InvalidEntryError,
+    InvalidTypeError,
+    MessageTooLargeError,
+    ReservedFieldError,
+)
+
+__all__ = ["RESERVED_FIELDS", "Entry", "decode_line", "encode_entry", "parse_key"]
+
+#: Names an extra field may not take: they identify or order the entry.
+RESERVED_FIELDS = frozenset({"id", "node", "seq", "ts", "msg", "hlc", "origin"})
+
+_PREFIX = b'{"id":"'
+_TS_KEY = b'"ts":"'
+_TS_LEN = len("2026-01-01T00:00:00.000000Z")
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    """One log entry. Extra fields given to ``write()`` are in :attr:`fields`.
+
+    ``entry["level"]`` and ``entry.get("level")`` read any key, fixed or extra;
+    ``entry.level`` reads an extra field too.
+    """
+
+    id: str
+    node: str
+    seq: int
+    ts: str
+    msg: str
+    fields: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def sort_key(self) -> tuple[str, str, int]:
+        """The merged-view order: hybrid-logical-clock time, then node, then sequence."""
+        return (self.ts, self.node, self.seq)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "id": self.id,
+            "node": self.node,
+            "seq": self.seq,
+            "ts": self.ts,
+            "msg": self.msg,
+        }
+        out.update(self.fields)
+        return out
+
+    def __getitem__(self, key: str) -> Any:
+        if key in ("id", "node", "seq", "ts", "msg"):
+            return getattr(self, key)
+        return self.fields[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        try:
+            return self[key]
+        except KeyError:
+            return default
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.to_dict())
+
+    def __getattr__(self, name: str) -> Any:
+        # Only called for names that are not real attributes: expose extra fields.
+        fields = self.__dict__.get("fields")
+        if fields is not None and name in fields:
+            return fields[name]
+        raise AttributeError(name)
+
+
+def check_message(msg: object, fields: Mapping[str, Any], max_message_bytes: int) -> bytes:
+    """Validate a caller's message and extra fields; return the encoded extra-fields JSON tail.
+
+    Raises before anything is written, so a rejected entry changes nothing.
+    """
+    if not isinstance(msg, str):
+        raise InvalidTypeError(f"msg must be str, got {type(msg).__name__}")
+    try:
+        size = len(msg.encode("utf-8"))
+    except UnicodeEncodeError as exc:
+        raise InvalidEntryError(f"msg is not valid text (lone surrogate at {exc.start})") from None
+    if size > max_message_bytes:
+        raise MessageTooLargeError(
+            f"msg is {size} bytes, more than max_message_bytes={max_message_bytes}"
+        )
+    reserved = sorted(RESERVED_FIELDS.intersection(fields))
+    if reserved:
+        raise ReservedFieldError(f"field name(s) {', '.join(reserved)} are reserved")
+    for key in fields:
+        if not isinstance(key, str) or not key:
+            raise InvalidEntryError(f"field names must be non-empty strings, got {key!r}")
+    if not fields:
+        return b""
+    try:
+        tail = json.dumps(dict(fields), ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        encoded = tail.encode("utf-8")
+    except TypeError as exc:
+        raise InvalidTypeError(f"extra fields must be JSON-serialisable: {exc}") from None
+    except ValueError as exc:
+        raise InvalidEntryError(f"extra fields are not valid JSON values: {exc}") from None
+    except UnicodeEncodeError as exc:
+        raise InvalidEntryError(f"extra fields are not valid text: {exc}") from None
+    if len(encoded) > max_message_bytes:
+        raise MessageTooLargeError(
+            f"extra fields are {len(encoded)} bytes, "
+            f"more than max_message_bytes={max_message_bytes}"
+        )
+    return encoded[1:-1]  # without the braces: spliced after "msg"
+
+
+def encode_entry(node: str, seq: int, ts: str, msg: str, fields_json: bytes) -> bytes:
+    """One complete log line (with its newline) for an already validated message."""
+    head = json.dumps(
+        {"id": f"{node}:{seq}", "node": node, "seq": seq, "ts": ts, "msg": msg},
+        ensure_ascii=False,
+        separators=(",", ":"),
+    ).encode("utf-8")
+    if fields_json:
+        return head[:-1] + b"," + fields_json + b"}\n"
+    return head + b"\n"
+
+
+def parse_key(line: bytes) -> tuple[str, int, str] | None:
+    """``(node, seq, ts)`` of a complete line, without decoding it all; None if not an entry."""
+    if line.startswith(_PREFIX):
+        end = line.find(b'"', 7)
+        colon = line.rfind(b":", 7, end)
+        t = line.find(_TS_KEY, end)
+        if end > 0 and colon > 0 and t > 0:
+            try:
+                node = line[7:colon].decode("ascii")
+                seq = int(line[colon + 1 : end])
+                ts = line[t + 6 : t + 6 + _TS_LEN].decode("ascii")
+            except (UnicodeDecodeError, ValueError):
+                return None
+            if len(ts) == _TS_LEN and ts.endswith("Z"):
+                return node, seq, ts
+    entry = decode_line(line)
+    return None if entry is None else (entry.node, entry.seq, entry.ts)
+
+
+def decode_line(line: bytes) -> Entry | None:
+    """The Entry on a complete line, or None when the line is not a valid entry."""
+    try:
+        data = json.loads(line)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    try:
+        node, seq, ts, msg = data.pop("node"), data.pop("seq"), data.pop("ts"), data.pop("msg")
+        entry_id = data.pop("id")
+    except KeyError:
+        return None
+    if (
+        not isinstance(node, str)
+        or not isinstance(seq, int)
+        or not isinstance(ts, str)
+        or not isinstance(msg, str)
+        or entry_id != f"{node}:{seq}"
+    ):
+        return None
+    return Entry(id=entry_id, node=node, seq=seq, ts=ts, msg=msg, fields=data)
+
+
+def format_ts(micros: int) -> str:
+    """RFC 3339 UTC with microseconds, fixed width, so strings sort like the instants."""
+    dt = datetime.fromtimestamp(micros // 1_000_000, tz=UTC)
+    return f"{dt:%Y-%m-%dT%H:%M:%S}.{micros % 1_000_000:06d}Z"
+
+
+def parse_ts(ts: str) -> int:
+    """Microseconds since the epoch of a :func:`format_ts` string."""
+    dt = datetime.strptime(ts[:19], "%Y-%m-%dT%H:%M:%S").replace(tzinfo=UTC)
+    return int(dt.timestamp()) * 1_000_000 + int(ts[20:26])
