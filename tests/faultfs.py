@@ -77,7 +77,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -89,6 +89,7 @@ __all__ = [
     "FaultFSError",
     "FaultStats",
     "Mode",
+    "faultfs",
     "fuse_skip_reason",
     "is_mounted",
 ]
@@ -952,3 +953,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+# The server (this file run as a script) must not pay for importing pytest.
+if __name__ != "__main__":
+    import pytest
+
+    @pytest.fixture
+    def faultfs(tmp_path: Path) -> Iterator[FaultFS]:
+        """FaultFS of ``tmp_path/"peer-source"`` on ``tmp_path/"peer-mount"``, always unmounted."""
+        source = tmp_path / "peer-source"
+        source.mkdir()
+        with FaultFS(source, tmp_path / "peer-mount") as fs:
+            yield fs

@@ -53,6 +53,10 @@ class RemoteDir:
         self._on_stuck = on_stuck
         self._proc: subprocess.Popen[bytes] | None = None
         self._stuck: list[subprocess.Popen[bytes]] = []
+        # Whatever owns this RemoteDir may forget to close it: stop the worker when it is
+        # garbage collected, without holding a reference to self.
+        self._live: list[subprocess.Popen[bytes]] = []
+        weakref.finalize(self, _stop_all, self._live)
         self.spawned = 0
         self.killed = 0
         _instances.add(self)
@@ -76,6 +80,8 @@ class RemoteDir:
             close_fds=True,
         )
         self.spawned += 1
+        self._live[:] = [p for p in self._live if p.poll() is None]
+        self._live.append(proc)
         return proc
 
     @property
@@ -168,6 +174,22 @@ class RemoteDir:
         if kind == "identity":
             reason = text.split(":", 1)[0]
         raise PeerError(reason, text + (f" [errno {errno_}]" if errno_ else ""))
+
+
+def _stop_all(procs: list[subprocess.Popen[bytes]]) -> None:
+    for proc in procs:
+        for stream in (proc.stdin, proc.stdout):
+            if stream is not None:
+                try:
+                    stream.close()
+                except OSError:
+                    pass
+        if proc.poll() is None:
+            proc.kill()
+        try:
+            proc.wait(timeout=0.1)
+        except subprocess.TimeoutExpired:
+            pass  # stuck in the kernel; it dies when its call returns
 
 
 def _write_frame(fd: int, payload: bytes, deadline: float) -> None:

@@ -47,19 +47,22 @@ class MountTable:
         self._guard = threading.Lock()
         self._mounts: frozenset[str] | None = None
         self._pid = -1
-        self._file: object = None
+        self._fd = -1
         self._poll: select.poll | None = None
 
     def _watch(self) -> None:
+        # Kept open: the kernel flags POLLPRI on this descriptor when the mount table changes.
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
         self._pid = os.getpid()
         try:
-            f = open("/proc/self/mounts", "rb")  # noqa: SIM115 - kept open for poll()
+            self._fd = os.open("/proc/self/mounts", os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
             self._poll = None
             return
-        self._file = f
         self._poll = select.poll()
-        self._poll.register(f, select.POLLPRI | select.POLLERR)
+        self._poll.register(self._fd, select.POLLPRI | select.POLLERR)
 
     def mountpoints(self) -> frozenset[str]:
         with self._guard:

@@ -1,0 +1,29 @@
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pairlib import Pair, can_bind_mount
+
+
+@pytest.fixture(scope="session")
+def bind_mounts_work(tmp_path_factory: pytest.TempPathFactory) -> bool:
+    return os.geteuid() == 0 and can_bind_mount(tmp_path_factory.mktemp("mountprobe"))
+
+
+@pytest.fixture
+def pair(tmp_path: Path, bind_mounts_work: bool) -> Iterator[Pair]:
+    """Two nodes a and b, cross bind-mounted and connected; always unmounted afterwards."""
+    if not bind_mounts_work:
+        pytest.skip("bind mounts need root (mount --bind); run the tests as root")
+    p = Pair(tmp_path)
+    try:
+        p.twin("a").close()  # create both directories' markers before mounting
+        p.twin("b").close()
+        p.heal()
+        yield p
+    finally:
+        p.close()

@@ -1,0 +1,117 @@
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from twinlog import (
+    Config,
+    InvalidEntryError,
+    InvalidTypeError,
+    MessageTooLargeError,
+    ReservedFieldError,
+    TwinLog,
+    TwinlogError,
+)
+from twinlog.entry import check_message, decode_line, encode_entry, format_ts, parse_key, parse_ts
+
+
+@pytest.fixture
+def solo(tmp_path: Path) -> TwinLog:
+    """A node whose peer is never mounted: enough to test input validation."""
+    log = TwinLog(Config("a", "b", tmp_path / "log", tmp_path / "peer", max_message_bytes=100))
+    yield log  # type: ignore[misc]
+    log.close()
+
+
+def contents(tmp_path: Path) -> bytes:
+    p = tmp_path / "log" / "twinlog.log"
+    return p.read_bytes() if p.exists() else b""
+
+
+@pytest.mark.parametrize(
+    ("msg", "fields", "error"),
+    [
+        (b"bytes", {}, InvalidTypeError),
+        (None, {}, InvalidTypeError),
+        (42, {}, InvalidTypeError),
+        ("x" * 101, {}, MessageTooLargeError),
+        ("é" * 51, {}, MessageTooLargeError),  # 102 bytes of UTF-8
+        ("\ud800 lone surrogate", {}, InvalidEntryError),
+        ("ok", {"id": 1}, ReservedFieldError),
+        ("ok", {"seq": 1}, ReservedFieldError),
+        ("ok", {"ts": "x"}, ReservedFieldError),
+        ("ok", {"node": "x"}, ReservedFieldError),
+        ("ok", {"obj": object()}, InvalidTypeError),
+        ("ok", {"n": math.nan}, InvalidEntryError),
+        ("ok", {"big": "y" * 200}, MessageTooLargeError),
+    ],
+)
+def test_bad_input_is_rejected_and_changes_nothing(
+    solo: TwinLog, tmp_path: Path, msg: object, fields: dict[str, object], error: type
+) -> None:
+    before = contents(tmp_path)
+    with pytest.raises(error) as info:
+        solo.write(msg, **fields)  # type: ignore[arg-type]
+    assert isinstance(info.value, TwinlogError)
+    assert contents(tmp_path) == before
+    assert not (tmp_path / "log" / "twinlog.cache").exists()
+    assert solo.write("fine").seq == 1
+
+
+def test_message_of_exactly_the_limit_is_accepted(solo: TwinLog) -> None:
+    assert solo.write("x" * 100).msg == "x" * 100
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    msg=st.text(),
+    fields=st.dictionaries(
+        st.text(min_size=1).filter(
+            lambda k: k not in ("id", "node", "seq", "ts", "msg", "hlc", "origin")
+        ),
+        st.one_of(st.integers(), st.text(), st.booleans(), st.none()),
+        max_size=3,
+    ),
+)
+def test_any_text_round_trips_on_one_line(msg: str, fields: dict[str, object]) -> None:
+    try:
+        tail = check_message(msg, fields, 1 << 20)
+    except InvalidEntryError:
+        assert any(
+            0xD800 <= ord(c) <= 0xDFFF
+            for c in msg + "".join(map(str, fields)) + "".join(str(v) for v in fields.values())
+        )
+        return
+    line = encode_entry("n1", 7, "2026-01-02T03:04:05.000006Z", msg, tail)
+    assert line.count(b"\n") == 1 and line.endswith(b"\n")
+    entry = decode_line(line)
+    assert entry is not None
+    assert entry.msg == msg and dict(entry.fields) == fields
+    assert parse_key(line) == ("n1", 7, "2026-01-02T03:04:05.000006Z")
+    assert json.loads(line)["id"] == "n1:7"
+
+
+def test_control_characters_round_trip_through_the_log(solo: TwinLog) -> None:
+    msg = "line1\nline2\r\x00\x1b[31m\ttab\u2028end"
+    solo.write(msg)
+    (entry,) = list(solo.read())
+    assert entry.msg == msg
+
+
+def test_parse_key_rejects_non_entries() -> None:
+    assert parse_key(b"not json\n") is None
+    assert parse_key(b'{"id":"a:x"}\n') is None
+    assert parse_key(b"[1,2]\n") is None
+    assert decode_line(b'{"id":"a:2","node":"a","seq":1,"ts":"t","msg":"m"}') is None
+
+
+@given(st.integers(min_value=0, max_value=4_102_444_800_000_000))
+def test_timestamps_round_trip_and_sort(micros: int) -> None:
+    ts = format_ts(micros)
+    assert parse_ts(ts) == micros and len(ts) == 27
+    assert format_ts(micros) < format_ts(micros + 1)

@@ -1,0 +1,127 @@
+"""Locks are POSIX record locks that exclude other processes and threads, never flock."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from twinlog import LockTimeoutError
+from twinlog._locks import PosixLock
+from pairlib import Pair
+
+_TRY_LOCK = """
+import fcntl, os, sys
+fd = os.open(sys.argv[1], os.O_RDWR)
+try:
+    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    print("GOT")
+except OSError:
+    print("BLOCKED")
+"""
+
+
+def try_lock_elsewhere(path: Path) -> str:
+    out = subprocess.run(
+        [sys.executable, "-c", _TRY_LOCK, os.fspath(path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return out.stdout.strip()
+
+
+def locks_on(path: Path) -> list[str]:
+    ino = os.stat(path).st_ino
+    with open("/proc/locks", encoding="ascii") as f:
+        return [line for line in f if f":{ino} " in line]
+
+
+def dir_fd(path: Path) -> int:
+    return os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+
+
+def test_lock_is_posix_not_flock_and_excludes_other_processes(tmp_path: Path) -> None:
+    lock = PosixLock(dir_fd(tmp_path), create=True)
+    lock.acquire(1.0)
+    try:
+        held = locks_on(tmp_path / "twinlog.lock")
+        assert len(held) == 1
+        assert "POSIX" in held[0] and "FLOCK" not in held[0], held
+        assert try_lock_elsewhere(tmp_path / "twinlog.lock") == "BLOCKED"
+    finally:
+        lock.release()
+    assert try_lock_elsewhere(tmp_path / "twinlog.lock") == "GOT"
+
+
+def test_lock_taken_through_a_mount_excludes_the_local_one(pair: Pair) -> None:
+    """a's worker locks b's directory through a's peer mount; b's own lock must wait."""
+    a = pair.twin("a")
+    a._peer_ops.connect("b", a._local_ops.dev_ino(), 2.0)
+    try:
+        held = locks_on(pair.log_dir("b") / "twinlog.lock")
+        assert len(held) == 1 and "POSIX" in held[0]
+        b_lock = PosixLock(dir_fd(pair.log_dir("b")), create=False)
+        with pytest.raises(LockTimeoutError):
+            b_lock.acquire(0.2)
+    finally:
+        a._peer_ops.release()
+    b_lock.acquire(0.5)
+    b_lock.release()
+
+
+def test_threads_of_one_process_exclude_each_other(tmp_path: Path) -> None:
+    fd = dir_fd(tmp_path)
+    inside = 0
+    overlap = False
+
+    def worker() -> None:
+        nonlocal inside, overlap
+        lock = PosixLock(fd, create=True)
+        for _ in range(50):
+            lock.acquire(5.0)
+            inside += 1
+            if inside > 1:
+                overlap = True
+            time.sleep(0.0005)
+            inside -= 1
+            lock.release()
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not overlap
+
+
+def test_lock_timeout(tmp_path: Path) -> None:
+    path = tmp_path / "twinlog.lock"
+    path.touch()
+    with subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl,os,sys,time; fd=os.open(sys.argv[1], os.O_RDWR); fcntl.lockf(fd, fcntl.LOCK_EX); print('held', flush=True); time.sleep(30)",
+            os.fspath(path),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as holder:
+        try:
+            assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+            lock = PosixLock(dir_fd(tmp_path), create=False)
+            start = time.monotonic()
+            with pytest.raises(LockTimeoutError) as info:
+                lock.acquire(0.3)
+            assert 0.25 < time.monotonic() - start < 2
+            assert isinstance(info.value, TimeoutError)
+        finally:
+            holder.kill()
+    lock.acquire(1.0)
+    lock.release()

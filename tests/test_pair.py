@@ -1,0 +1,323 @@
+"""The method end to end on a real pair of bind-mounted directories."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+
+import pytest
+
+from pairlib import Pair, assert_converged, log_ids
+
+
+def test_dual_write_lands_in_both_logs(pair: Pair) -> None:
+    a, b = pair.twin("a"), pair.twin("b")
+    ea = a.write("from a", level="INFO")
+    eb = b.write("from b")
+    assert ea.id == "a:1" and eb.id == "b:1"
+    assert log_ids(pair.log_dir("a")) == ["a:1", "b:1"]
+    assert log_ids(pair.log_dir("b")) == ["a:1", "b:1"]
+    assert not (pair.log_dir("a") / "twinlog.cache").exists()
+    assert_converged(pair, [ea.id, eb.id])
+
+
+def test_entry_fields(pair: Pair) -> None:
+    a = pair.twin("a")
+    e = a.write("disk replaced", level="WARNING", slot=3, tags=["x", "y"])
+    assert e.node == "a" and e.seq == 1 and e.msg == "disk replaced"
+    assert e.fields == {"level": "WARNING", "slot": 3, "tags": ["x", "y"]}
+    assert e["level"] == e.level == "WARNING"
+    assert e.ts.endswith("Z") and e.ts[10] == "T"
+    (read,) = list(pair.twin("b").read())
+    assert read == e
+
+
+def test_partition_on_one_side_caches_then_drains_on_next_write(pair: Pair) -> None:
+    a, b = pair.twin("a"), pair.twin("b")
+    pair.cut("a")
+    e1 = a.write("while cut")
+    assert a.last_reason == "not_mounted"
+    assert log_ids(pair.log_dir("a")) == ["a:1"]
+    assert log_ids(pair.log_dir("b")) == []
+    cache = (pair.log_dir("a") / "twinlog.cache").read_bytes().splitlines()
+    assert [json.loads(x)["id"] for x in cache] == ["a:1"]
+    # the plain mount point directory was never written to
+    assert os.listdir(pair.peer_dir("a")) == []
+    pair.connect("a")
+    e2 = a.write("after heal")
+    assert a.last_reason == "ok"
+    assert log_ids(pair.log_dir("b")) == ["a:1", "a:2"]
+    assert not (pair.log_dir("a") / "twinlog.cache").exists()
+    b.write("b too")
+    assert_converged(pair, [e1.id, e2.id])
+
+
+def test_peer_pulls_our_cache_when_we_cannot_reach_it(pair: Pair) -> None:
+    """Asymmetric: a cannot reach b, b reaches a; b's write pulls a's cache (4B)."""
+    a, b = pair.twin("a"), pair.twin("b")
+    pair.cut("a")
+    acked = [a.write(f"a{i}").id for i in range(5)]
+    acked.append(b.write("b writes").id)
+    assert not (pair.log_dir("a") / "twinlog.cache").exists(), "b should have drained a's cache"
+    assert log_ids(pair.log_dir("b"))[:5] == acked[:5]
+    acked += [a.write("a again").id]  # a still cut: cached again
+    pair.connect("a")
+    a.reconcile()
+    assert_converged(pair, acked)
+
+
+def test_partition_on_both_sides_then_heal_and_reconcile(pair: Pair) -> None:
+    a, b = pair.twin("a"), pair.twin("b")
+    acked = [a.write("before").id]
+    pair.partition()
+    for i in range(10):
+        acked.append(a.write(f"a{i}").id)
+        acked.append(b.write(f"b{i}").id)
+    assert a.status()["cache_entries"]["local"] == 10
+    assert b.status()["peer_reachable"] is False
+    pair.heal()
+    result = a.reconcile()
+    assert (result.pushed, result.pulled) == (10, 10)
+    assert b.reconcile().pushed == 0
+    assert_converged(pair, acked)
+    assert a.status()["in_sync"] and b.status()["in_sync"]
+
+
+def test_drain_both_ways_on_next_write(pair: Pair) -> None:
+    a, b = pair.twin("a"), pair.twin("b")
+    pair.partition()
+    acked = [a.write("a1").id, b.write("b1").id, b.write("b2").id]
+    pair.heal()
+    acked.append(a.write("a2").id)  # 4A pushes a1, 4B pulls b1 b2, then a2 both sides
+    assert sorted(log_ids(pair.log_dir("b"))) == sorted(acked)
+    assert not (pair.log_dir("b") / "twinlog.cache").exists()
+    assert_converged(pair, acked)
+
+
+def test_reconcile_is_idempotent(pair: Pair) -> None:
+    a, b = pair.twin("a"), pair.twin("b")
+    pair.partition()
+    acked = [a.write(f"x{i}").id for i in range(3)] + [b.write("y").id]
+    pair.heal()
+    for _ in range(3):
+        a.reconcile()
+        b.reconcile()
+    assert a.reconcile().pushed == 0
+    assert_converged(pair, acked)
+
+
+def test_merged_view_orders_by_clock_and_keeps_each_nodes_order(pair: Pair) -> None:
+    a, b = pair.twin("a"), pair.twin("b")
+    pair.partition()
+    for i in range(5):
+        a.write(f"a{i}")
+        b.write(f"b{i}")
+    pair.heal()
+    a.reconcile()
+    view = list(a.read())
+    assert [e.sort_key for e in view] == sorted(e.sort_key for e in view)
+    assert [e.msg for e in view if e.node == "a"] == [f"a{i}" for i in range(5)]
+    assert [e.to_dict() for e in view] == [e.to_dict() for e in b.read()]
+
+
+def test_a_new_entry_sorts_after_everything_its_node_has_seen(pair: Pair) -> None:
+    """Causality: b's clock is far ahead; a's next entry, written after pulling b's, sorts last."""
+    from twinlog.clock import HybridClock
+
+    future = 4_000_000_000 * 1_000_000  # year 2096
+    b = pair.twin("b", probe_timeout=2.0)
+    b._clock = HybridClock(lambda: future)
+    b.write("from the future")
+    a = pair.twin("a")
+    e = a.write("reply")
+    assert [x.msg for x in a.read()] == ["from the future", "reply"]
+    assert e.ts > "2096"
+
+
+def test_concurrent_threads_on_both_nodes(pair: Pair) -> None:
+    a, b = pair.twin("a"), pair.twin("b")
+    acked: list[str] = []
+    guard = threading.Lock()
+    errors: list[BaseException] = []
+
+    def writer(log: object, name: str) -> None:
+        try:
+            for i in range(40):
+                e = log.write(f"{name}-{i}")  # type: ignore[attr-defined]
+                with guard:
+                    acked.append(e.id)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [
+        threading.Thread(target=writer, args=(log, f"{n}{t}"))
+        for n, log in (("a", a), ("b", b))
+        for t in range(4)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert len(acked) == len(set(acked)) == 320
+    assert_converged(pair, acked)
+
+
+def test_each_thread_sees_its_own_order(pair: Pair) -> None:
+    a = pair.twin("a")
+    seqs: dict[int, list[int]] = {}
+
+    def writer(t: int) -> None:
+        seqs[t] = [a.write(f"{t}-{i}").seq for i in range(30)]
+
+    threads = [threading.Thread(target=writer, args=(t,)) for t in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for s in seqs.values():
+        assert s == sorted(s)
+    assert sorted(x for s in seqs.values() for x in s) == list(range(1, 181))
+
+
+def test_peer_dir_that_is_not_a_mount_is_never_written(pair: Pair) -> None:
+    a = pair.twin("a")
+    pair.cut("a")
+    a.write("x")
+    assert a.status()["peer_reason"] == "not_mounted"
+    assert os.listdir(pair.peer_dir("a")) == []
+
+
+def test_peer_that_is_really_ourselves(pair: Pair) -> None:
+    pair.cut("a")
+    os.system(f"mount --bind {pair.log_dir('a')} {pair.peer_dir('a')}")
+    a = pair.twin("a")
+    e = a.write("x")
+    assert a.last_reason == "self"
+    assert log_ids(pair.log_dir("a")) == [e.id]
+    assert a.status()["peer_reason"] == "self"
+
+
+def test_peer_dir_of_a_stranger(pair: Pair, tmp_path: object) -> None:
+    pair.cut("a")
+    stranger = pair.root / "stranger"
+    stranger.mkdir()
+    (stranger / "twinlog.node").write_text("zed\n")
+    os.system(f"mount --bind {stranger} {pair.peer_dir('a')}")
+    a = pair.twin("a")
+    a.write("x")
+    assert a.last_reason == "wrong_identity"
+    assert sorted(os.listdir(stranger)) == ["twinlog.node"]
+
+
+def test_empty_mount_is_missing(pair: Pair) -> None:
+    pair.cut("a")
+    empty = pair.root / "empty"
+    empty.mkdir()
+    os.system(f"mount --bind {empty} {pair.peer_dir('a')}")
+    a = pair.twin("a")
+    a.write("x")
+    assert a.last_reason == "missing"
+    assert os.listdir(empty) == []
+
+
+def test_status_is_json_serialisable_and_complete(pair: Pair) -> None:
+    a, b = pair.twin("a"), pair.twin("b")
+    a.write("1")
+    pair.cut("b")
+    b.write("2")
+    st = b.status()
+    json.dumps(st)
+    assert st["peer_reachable"] is False and st["peer_reason"] == "not_mounted"
+    assert st["cache_entries"] == {"local": 1, "peer": None}
+    assert st["last_seq"] == {"b": 1, "a": 1}
+    st = a.status()
+    assert st["peer_reachable"] and st["cache_entries"] == {"local": 0, "peer": 1}
+    assert st["pending_from_peer"] == 1 and not st["in_sync"]
+
+
+def test_verify_reports_missing_ids(pair: Pair) -> None:
+    a, b = pair.twin("a"), pair.twin("b")
+    pair.partition()
+    a.write("1")
+    b.write("2")
+    pair.heal()
+    r = a.verify()
+    assert not r.in_sync
+    assert r.missing_on_peer == ["a:1"] and r.missing_on_local == ["b:1"]
+    assert r.missing == {"a": ["b:1"], "b": ["a:1"]}
+    a.reconcile()
+    assert a.verify().in_sync
+
+
+def test_verify_reports_duplicates(pair: Pair) -> None:
+    a = pair.twin("a")
+    a.write("1")
+    log = pair.log_dir("b") / "twinlog.log"
+    log.write_bytes(log.read_bytes() * 2)
+    r = a.verify()
+    assert not r.in_sync and r.duplicates_peer == ["a:1"] and r.duplicates == ["a:1"]
+
+
+def test_verify_when_peer_unreachable(pair: Pair) -> None:
+    a = pair.twin("a")
+    pair.cut("a")
+    r = a.verify()
+    assert not r.in_sync and not r.peer_reachable and r.reason == "not_mounted"
+
+
+def test_torn_last_line_is_kept_out_and_never_copied(pair: Pair) -> None:
+    a = pair.twin("a")
+    a.write("good")
+    pair.cut("a")
+    with open(pair.log_dir("a") / "twinlog.log", "ab") as f:
+        f.write(b'{"id":"a:2","node":"a","seq":2,"ts":"2026-')  # a writer died mid-append
+    assert [e.id for e in a.read()] == ["a:1"]
+    pair.connect("a")
+    e = a.write("next")
+    assert e.id == "a:2", "the torn line was never acknowledged: its seq is reused"
+    assert log_ids(pair.log_dir("a")) == ["a:1", "a:2"]
+    assert log_ids(pair.log_dir("b")) == ["a:1", "a:2"]
+    assert (pair.log_dir("a") / "twinlog.torn").read_bytes().startswith(b'{"id":"a:2"')
+    assert_converged(pair, ["a:1", "a:2"])
+
+
+def test_torn_line_in_peer_log_is_repaired_before_appending(pair: Pair) -> None:
+    a = pair.twin("a")
+    a.write("one")
+    with open(pair.log_dir("b") / "twinlog.log", "ab") as f:
+        f.write(b'{"id":"b:1","no')
+    a.write("two")
+    assert log_ids(pair.log_dir("b")) == ["a:1", "a:2"]
+
+
+def test_state_survives_a_new_process(pair: Pair) -> None:
+    a = pair.twin("a")
+    for i in range(5):
+        a.write(str(i))
+    a.close()
+    again = pair.twin("a")
+    assert again.write("next").seq == 6
+
+
+@pytest.mark.parametrize("count", [1, 3])
+def test_many_instances_in_one_process_share_the_lock(pair: Pair, count: int) -> None:
+    logs = [pair.twin("a") for _ in range(count)] + [pair.twin("b") for _ in range(count)]
+    acked = []
+    threads = []
+    lock = threading.Lock()
+
+    def go(log: object) -> None:
+        for i in range(20):
+            e = log.write(str(i))  # type: ignore[attr-defined]
+            with lock:
+                acked.append(e.id)
+
+    for log in logs:
+        threads.append(threading.Thread(target=go, args=(log,)))
+        threads[-1].start()
+    for t in threads:
+        t.join()
+    assert len(set(acked)) == 40 * count
+    assert_converged(pair, acked)
