@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from pairlib import Pair
 from twinlog import LockTimeoutError
 from twinlog._locks import PosixLock
-from pairlib import Pair
 
 _TRY_LOCK = """
 import fcntl, os, sys
@@ -23,6 +23,15 @@ try:
     print("GOT")
 except OSError:
     print("BLOCKED")
+"""
+
+
+_HOLD_LOCK = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR)
+fcntl.lockf(fd, fcntl.LOCK_EX)
+print("held", flush=True)
+time.sleep(30)
 """
 
 
@@ -104,12 +113,7 @@ def test_lock_timeout(tmp_path: Path) -> None:
     path = tmp_path / "twinlog.lock"
     path.touch()
     with subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import fcntl,os,sys,time; fd=os.open(sys.argv[1], os.O_RDWR); fcntl.lockf(fd, fcntl.LOCK_EX); print('held', flush=True); time.sleep(30)",
-            os.fspath(path),
-        ],
+        [sys.executable, "-c", _HOLD_LOCK, os.fspath(path)],
         stdout=subprocess.PIPE,
         text=True,
     ) as holder:

@@ -14,6 +14,7 @@ is still alive (stuck in the kernel behind another caller): stuck processes cann
 from __future__ import annotations
 
 import contextlib
+import contextlib
 import os
 import pickle
 import select
@@ -180,16 +181,13 @@ def _stop_all(procs: list[subprocess.Popen[bytes]]) -> None:
     for proc in procs:
         for stream in (proc.stdin, proc.stdout):
             if stream is not None:
-                try:
+                with contextlib.suppress(OSError):
                     stream.close()
-                except OSError:
-                    pass
         if proc.poll() is None:
             proc.kill()
-        try:
+        # A worker stuck in the kernel dies when its call returns; don't wait for it.
+        with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=0.1)
-        except subprocess.TimeoutExpired:
-            pass  # stuck in the kernel; it dies when its call returns
 
 
 def _write_frame(fd: int, payload: bytes, deadline: float) -> None:
