@@ -14,7 +14,6 @@ is still alive (stuck in the kernel behind another caller): stuck processes cann
 from __future__ import annotations
 
 import contextlib
-import contextlib
 import os
 import pickle
 import select
