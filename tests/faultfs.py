@@ -89,7 +89,7 @@ __all__ = [
     "FaultFSError",
     "FaultStats",
     "Mode",
-    "faultfs",
+    "faultfs_fixture",
     "fuse_skip_reason",
     "is_mounted",
 ]
@@ -308,7 +308,9 @@ class FaultFS:
         problems: list[str] = []
         if self._proc is not None and self._proc.poll() is None:
             with contextlib.suppress(OSError, FaultFSError, ValueError):
-                self._request({"cmd": "set_mode", "mode": "normal", "delay": 0.0})
+                released = self._request({"cmd": "set_mode", "mode": "normal", "delay": 0.0})
+                if released["stats"]["blocked"]:
+                    self._drain()
         try:
             _detach(os.fspath(self.mountpoint))
         except FaultFSError as e:
@@ -341,6 +343,20 @@ class FaultFS:
             self._log = None
         if problems and raise_errors:
             raise FaultFSError("; ".join(problems))
+
+    def _drain(self, quiet: float = 0.05, timeout: float = 1.0) -> None:
+        # Let released callers finish their next requests before the server goes: wait until no
+        # request arrived for ``quiet`` seconds (at most ``timeout``).
+        deadline = time.monotonic() + timeout
+        last, quiet_since = -1, time.monotonic()
+        while time.monotonic() < deadline:
+            stats = self.stats()
+            now = time.monotonic()
+            if stats.calls != last:
+                last, quiet_since = stats.calls, now
+            elif stats.blocked == 0 and now - quiet_since >= quiet:
+                return
+            time.sleep(0.01)
 
     def server_log(self) -> str:
         """What the server wrote to stdout/stderr so far (for failure messages)."""
@@ -629,7 +645,7 @@ class _LockTable:
 
 
 def _serve(source: str, mountpoint: str, control_fd: int) -> int:
-    import mfusepy  # noqa: PLC0415 (only the server needs libfuse)
+    import mfusepy
 
     # libfuse's own fuse_interrupted(): true once the kernel forwarded a signal for the request
     # this worker thread is serving.
@@ -824,6 +840,9 @@ def _serve(source: str, mountpoint: str, control_fd: int) -> int:
         def release(self, path: str | None, fi: Any) -> int:
             # Never faulted: the kernel does not wait for it, and the descriptor must not leak.
             state.count("release")
+            if fi.flock_release:
+                # Last close of a file that was flock()ed: libfuse leaves the unlock to us.
+                self._setlk("flock", fi, fcntl.F_UNLCK, 0, 0, wait=False)
             os.close(fi.fh)
             return 0
 
@@ -955,12 +974,13 @@ if __name__ == "__main__":
     sys.exit(main())
 
 
-# The server (this file run as a script) must not pay for importing pytest.
+# The server (this file run as a script) must not pay for importing pytest. Test modules use the
+# fixture by importing ``faultfs_fixture`` (unused: silence F401) and taking a ``faultfs`` argument.
 if __name__ != "__main__":
     import pytest
 
-    @pytest.fixture
-    def faultfs(tmp_path: Path) -> Iterator[FaultFS]:
+    @pytest.fixture(name="faultfs")
+    def faultfs_fixture(tmp_path: Path) -> Iterator[FaultFS]:
         """FaultFS of ``tmp_path/"peer-source"`` on ``tmp_path/"peer-mount"``, always unmounted."""
         source = tmp_path / "peer-source"
         source.mkdir()

@@ -22,10 +22,11 @@ from pathlib import Path
 
 import psutil
 import pytest
+
 from faultfs import (
     FaultFS,
     FaultFSError,
-    faultfs,  # noqa: F401 (fixture)
+    faultfs_fixture,  # noqa: F401 (the faultfs fixture)
     fuse_skip_reason,
     is_mounted,
 )
@@ -49,7 +50,7 @@ class Procs:
 
     def spawn(self, code: str, *args: str | os.PathLike[str]) -> subprocess.Popen[str]:
         proc = subprocess.Popen(
-            [sys.executable, "-c", textwrap.dedent(code), *map(os.fspath, args)],
+            [sys.executable, "-c", textwrap.dedent(code), *[os.fspath(a) for a in args]],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -427,13 +428,13 @@ def test_slow_mode_delays_every_request(faultfs: FaultFS) -> None:
     started = time.monotonic()
     os.stat(peer_log)
     fast = time.monotonic() - started
-    faultfs.set_mode("slow", delay=0.2)
+    faultfs.set_mode("slow", delay=0.1)
     started = time.monotonic()
     assert peer_log.read_text() == "data"
     slow = time.monotonic() - started
-    assert fast < 0.1
-    assert slow >= 0.2 * 3  # lookup, open, read (and more): each request waits
-    assert faultfs.stats().delay == 0.2
+    assert fast < 0.05
+    assert slow >= 0.1 * 3  # lookup, open, read (and more): each request waits
+    assert faultfs.stats().delay == 0.1
 
 
 def test_enospc_fails_writes_but_not_reads(faultfs: FaultFS) -> None:
@@ -634,7 +635,8 @@ def test_flock_through_the_mount_behaves_as_on_nfs(
     finally:
         os.close(fd)
     finish(holder)
-    assert proc_locks(source) == []
+    # The kernel drops a flock at the last close of the file, sent to the server asynchronously.
+    wait_until(lambda: proc_locks(source) == [], what="the flock to go with the holder")
 
 
 def test_unlocks_are_not_held_back_by_a_hang(
@@ -693,16 +695,24 @@ def test_mount_and_server_go_even_when_the_test_body_fails(tmp_path: Path, procs
     source, mountpoint = tmp_path / "src", tmp_path / "mnt"
     source.mkdir()
     (source / "peer.log").write_text("data")
-    with pytest.raises(RuntimeError, match="test failed"), FaultFS(source, mountpoint) as fs:
-        server = psutil.Process(fs.pid)
-        fs.set_mode("hang")
-        reader = procs.spawn(READ_FILE, mountpoint / "peer.log")
-        fs.wait_blocked(1)
-        raise RuntimeError("test failed")
+    servers: list[psutil.Process] = []
+    readers: list[subprocess.Popen[str]] = []
+
+    def failing_test_body() -> None:
+        with FaultFS(source, mountpoint) as fs:
+            servers.append(psutil.Process(fs.pid))
+            fs.set_mode("hang")
+            readers.append(procs.spawn(READ_FILE, mountpoint / "peer.log"))
+            fs.wait_blocked(1)
+            raise RuntimeError("test failed")
+
+    with pytest.raises(RuntimeError, match="test failed"):
+        failing_test_body()
+    [server], [reader] = servers, readers
     assert not is_mounted(mountpoint)
     assert not server.is_running()
-    out, _ = reader.communicate(timeout=PROC_TIMEOUT)  # released, not stuck
-    assert out == "data\n"
+    out, err = reader.communicate(timeout=PROC_TIMEOUT)  # released, not stuck
+    assert out == "data\n", err
     assert os.listdir(mountpoint) == []  # a plain directory again
 
 
@@ -716,7 +726,8 @@ def test_stop_cleans_up_after_a_crashed_server(tmp_path: Path) -> None:
         wait_until(lambda: not psutil.pid_exists(fs.pid) or _is_zombie(fs.pid), what="the crash")
         with pytest.raises(OSError) as raised:
             os.stat(mountpoint / "x")
-        assert raised.value.errno == errno.ENOTCONN  # a dead mount, as after a server crash
+        # A dead mount, as after a server crash (ECONNABORTED while the kernel aborts requests).
+        assert raised.value.errno in (errno.ENOTCONN, errno.ECONNABORTED)
         with pytest.raises(FaultFSError):
             fs.stats()
     finally:
