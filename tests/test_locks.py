@@ -129,3 +129,23 @@ def test_lock_timeout(tmp_path: Path) -> None:
             holder.kill()
     lock.acquire(1.0)
     lock.release()
+
+
+def test_twinlog_holds_ofd_lock_locally_and_posix_through_the_mount(pair: Pair) -> None:
+    """While a write holds both locks: an OFD lock on a's file, a POSIX lock (the worker's,
+    taken through the mount) on b's: both record-lock kinds that NFS servers honour."""
+    a = pair.twin("a")
+    a.write("warm up")
+    seen: dict[str, list[str]] = {}
+    real_append = a._peer.append_lines
+
+    def spy(*args: object, **kw: object) -> None:
+        seen["a"] = locks_on(pair.log_dir("a") / "twinlog.lock")
+        seen["b"] = locks_on(pair.log_dir("b") / "twinlog.lock")
+        real_append(*args, **kw)  # type: ignore[arg-type]
+
+    a._peer.append_lines = spy  # type: ignore[method-assign]
+    a.write("observed")
+    assert len(seen["a"]) == 1 and "OFDLCK" in seen["a"][0]
+    assert len(seen["b"]) == 1 and "POSIX" in seen["b"][0]
+    assert not any("FLOCK" in line for lines in seen.values() for line in lines)

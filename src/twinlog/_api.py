@@ -84,7 +84,7 @@ class TwinLog:
         self._mutex = threading.Lock()
         self._queue_guard = threading.Lock()
         self._queue: list[_Pending] = []
-        self._local_ops = DirOps(os.fspath(config.log_dir))
+        self._local_ops = DirOps(os.fspath(config.log_dir), lock_kind="ofd")
         self._init_local_dir()
         self._local = LogStore(self._local_ops, config.node, fsync=config.fsync)
         self._stuck = StuckRegistry(config.log_dir)

@@ -13,7 +13,7 @@ import errno
 import os
 from typing import Any
 
-from twinlog._locks import PosixLock
+from twinlog._locks import OfdLock, PosixLock
 
 __all__ = ["CACHE_FILE", "LOG_FILE", "MARKER_FILE", "TORN_FILE", "DirOps", "IdentityError"]
 
@@ -32,10 +32,11 @@ class IdentityError(Exception):
 class DirOps:
     """Operations on one twinlog directory. Methods are called by name through :meth:`call`."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, lock_kind: str = "posix") -> None:
         self.path = path
+        self._lock_kind = lock_kind
         self._dir_fd: int | None = None
-        self._lock: PosixLock | None = None
+        self._lock: PosixLock | OfdLock | None = None
 
     # -- directory identity -------------------------------------------------------------
     def open_dir(
@@ -66,7 +67,8 @@ class DirOps:
         if marker != expected_node:
             return "wrong_identity:" + marker[:64]
         if self._lock is None:
-            self._lock = PosixLock(self._dir_fd, create=create)
+            kind = OfdLock if self._lock_kind == "ofd" else PosixLock
+            self._lock = kind(self._dir_fd, create=create)
         return "ok"
 
     def check_dir(self, expected_node: str, not_dev_ino: tuple[int, int] | None) -> None:
@@ -103,7 +105,7 @@ class DirOps:
         return (st.st_dev, st.st_ino)
 
     # -- lock ---------------------------------------------------------------------------
-    def lock(self, timeout: float) -> None:
+    def lock(self, timeout: float | None) -> None:
         if self._lock is None:
             raise FileNotFoundError(errno.ENOENT, "directory not opened", self.path)
         self._lock.acquire(timeout)

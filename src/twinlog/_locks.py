@@ -6,9 +6,15 @@ flock()ing its own log does not exclude the peer appending to it through NFS. PO
 (``fcntl`` F_SETLK) are what the NFS server holds for its clients, so taking one locally and one
 through the mount exclude each other. See docs/design.md.
 
-POSIX locks belong to a process and vanish when the process closes *any* descriptor of the file,
-so each process opens each lock file once and keeps it open, and an in-process mutex makes the
-threads of one process take turns (POSIX locks do not exclude threads of one process).
+Two kinds of the same family, which all conflict with each other in the kernel's lock table:
+
+* :class:`OfdLock` (open-file-description lock, F_OFD_SETLKW) for our own directory: owned by
+  the descriptor, so threads exclude each other and closing another descriptor drops nothing;
+  waiting happens in the kernel (first come, first served with the peer's waiters), bounded by a
+  timeout.
+* :class:`PosixLock` (F_SETLK/F_SETLKW, ``lockf``) in the peer worker, through the mount: the
+  kind every NFS client and server supports. POSIX locks belong to a process and vanish when it
+  closes *any* descriptor of the file, so the process opens the lock file once and keeps it.
 """
 
 from __future__ import annotations
@@ -16,12 +22,14 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import random
+import struct
 import threading
 import time
 
 from twinlog.exceptions import LockTimeoutError
 
-__all__ = ["LOCK_FILE", "PosixLock"]
+__all__ = ["LOCK_FILE", "OfdLock", "PosixLock"]
 
 LOCK_FILE = "twinlog.lock"
 
@@ -67,8 +75,21 @@ class PosixLock:
     def held(self) -> bool:
         return self._held
 
-    def acquire(self, timeout: float) -> None:
-        """Take the lock, polling with backoff; raise LockTimeoutError after ``timeout`` seconds."""
+    def acquire(self, timeout: float | None) -> None:
+        """Take the lock, polling with backoff; raise LockTimeoutError after ``timeout`` seconds.
+
+        ``timeout=None`` waits in the kernel (F_SETLKW), first come first served: only for a
+        process that its parent kills when it waits too long (the peer worker).
+        """
+        if timeout is None:
+            self._mutex.acquire()
+            try:
+                fcntl.lockf(self._fd, fcntl.LOCK_EX)
+            except BaseException:
+                self._mutex.release()
+                raise
+            self._held = True
+            return
         deadline = time.monotonic() + timeout
         if not self._mutex.acquire(timeout=max(timeout, 0.0)):
             raise LockTimeoutError(f"lock busy in this process for more than {timeout:.3g}s")
@@ -88,8 +109,9 @@ class PosixLock:
                         f"lock {LOCK_FILE} held by another process or host for more than "
                         f"{timeout:.3g}s"
                     )
-                time.sleep(min(delay, remaining))
-                delay = min(delay * 2, 0.01)
+                # Jitter so that waiters polling in step do not all lose to the releaser.
+                time.sleep(min(delay * (0.5 + random.random()), remaining))
+                delay = min(delay * 2, 0.001)
         except BaseException:
             self._mutex.release()
             raise
@@ -102,3 +124,80 @@ class PosixLock:
             fcntl.lockf(self._fd, fcntl.LOCK_UN)
         finally:
             self._mutex.release()
+
+
+_FLOCK = struct.Struct("hhqqi4x")  # struct flock on 64-bit Linux: type, whence, start, len, pid
+
+
+def _ofd(fd: int, command: int, kind: int) -> None:
+    fcntl.fcntl(fd, command, _FLOCK.pack(kind, os.SEEK_SET, 0, 0, 0))
+
+
+class OfdLock:
+    """Exclusive OFD lock on ``<dir>/twinlog.lock``, waited for in the kernel with a timeout.
+
+    Each acquisition opens its own descriptor, so two threads (or two instances) in one process
+    exclude each other like two processes do. A wait longer than the timeout is abandoned: the
+    waiting thread keeps waiting in the kernel and, if it ever gets the lock, drops it at once.
+    """
+
+    def __init__(self, dir_fd: int, *, create: bool) -> None:
+        self._dir_fd = dir_fd
+        flags = os.O_RDWR | os.O_CLOEXEC | (os.O_CREAT if create else 0)
+        os.close(os.open(LOCK_FILE, flags, 0o640, dir_fd=dir_fd))
+        self._fd: int | None = None
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def acquire(self, timeout: float | None) -> None:
+        fd = os.open(LOCK_FILE, os.O_RDWR | os.O_CLOEXEC, dir_fd=self._dir_fd)
+        try:
+            _ofd(fd, fcntl.F_OFD_SETLK, fcntl.F_WRLCK)
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                os.close(fd)
+                raise
+        else:
+            self._fd = fd
+            return
+        self._fd = _wait_in_thread(fd, timeout)
+
+    def release(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)  # closing the description drops its OFD lock
+
+
+def _wait_in_thread(fd: int, timeout: float | None) -> int:
+    """Block in F_OFD_SETLKW on ``fd`` in a helper thread; give up after ``timeout``."""
+    done = threading.Event()
+    guard = threading.Lock()
+    state: dict[str, object] = {"abandoned": False, "error": None}
+
+    def wait() -> None:
+        try:
+            _ofd(fd, fcntl.F_OFD_SETLKW, fcntl.F_WRLCK)
+        except OSError as exc:
+            state["error"] = exc
+        with guard:
+            if state["abandoned"]:
+                os.close(fd)  # too late: whoever waited has gone; let the next one in
+                return
+            done.set()
+
+    threading.Thread(target=wait, name="twinlog-lock-wait", daemon=True).start()
+    if not done.wait(timeout):
+        with guard:
+            if not done.is_set():
+                state["abandoned"] = True
+                raise LockTimeoutError(
+                    f"lock {LOCK_FILE} held by another process or host for more than "
+                    f"{timeout:.3g}s"
+                )
+    error = state["error"]
+    if isinstance(error, OSError):
+        os.close(fd)
+        raise error
+    return fd

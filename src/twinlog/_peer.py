@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from twinlog._worker import RemoteDir
+from twinlog.exceptions import PeerError
 
 __all__ = ["RemoteOps"]
 
@@ -31,7 +32,13 @@ class RemoteOps:
         The identity check must answer within ``probe_timeout``; the lock within ``io_timeout``.
         """
         self.remote.call("check_dir", expected_node, not_dev_ino, timeout=probe_timeout)
-        self.remote.call("lock", self.io_timeout * 0.9, timeout=self.io_timeout)
+        try:
+            # Waited for in the kernel like local waiters; the worker is killed if it overruns.
+            self.remote.call("lock", None, timeout=self.io_timeout)
+        except PeerError as exc:
+            if exc.reason == "timeout":
+                raise PeerError("busy", exc.detail) from None
+            raise
 
     def release(self) -> None:
         """Unlock the peer; a dead or killed worker held nothing any more."""
