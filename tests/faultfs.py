@@ -41,12 +41,11 @@ What the tests must not rely on:
 
 * /proc/locks shows a lock taken through the mount as ``OFDLCK`` held by the server (pid -1) on the
   source inode, not as ``POSIX`` of the caller; nothing is listed for the FUSE inode.
-* F_GETLK through the mount reports l_pid 0 for a conflicting lock held through the mount by
-  another process's owner as seen by the server (the kernel can't map the server's -1), the real
-  pid for a lock held directly on the source.
+* F_GETLK through the mount reports the holder's pid (libfuse's own record for a holder through
+  the mount, the kernel's for a holder on the source).
 * F_SETLKW through the mount is emulated by polling F_SETLK (2-20 ms): no FIFO fairness, no EDEADLK
-  deadlock detection, up to ~20 ms extra latency. It is interruptible (EINTR) and a waiter that is
-  killed never acquires the lock afterwards.
+  deadlock detection, up to ~20 ms extra latency. It is interruptible (EINTR), and a waiter that
+  is killed stops trying (checked between tries), so it does not get the lock after its death.
 * Unlocks (explicit, and the implicit unlock when the owner closes any descriptor of the file or
   dies) are applied at once in every mode; a real NFS server would keep a dead client's lock until
   its lease expires. Simulate a stuck peer lock by holding a lock on the source from a stopped
@@ -54,8 +53,11 @@ What the tests must not rely on:
 * Lock requests, apart from unlocks, are faulted like any other request (hang, EIO, ...).
 
 The server process exits, detaching the mount, when the test process that owns it dies (it sees
-EOF on the control socket). ``FaultFS.stop`` (also ``__exit__``) always releases hung callers,
-detaches the mount lazily and kills the server, even if the test body failed.
+EOF on the control socket). ``FaultFS.stop`` (also ``__exit__``) always releases hung callers (and
+gives them up to a second to finish), detaches the mount lazily and ends the server, even if the
+test body failed; a caller still using the mount after that gets ENOTCONN or ECONNABORTED.
+
+Needs libfuse 3 (Debian: ``fuse3``, or just ``libfuse3-3`` as root) and mfusepy from PyPI.
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import ctypes.util
 import errno
 import fcntl
 import json
@@ -255,6 +258,11 @@ class FaultFS:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         # Lives as long as the server: closed in stop().
         self._log = tempfile.TemporaryFile(prefix="faultfs-", suffix=".log")  # noqa: SIM115
+        env = dict(os.environ)
+        # mfusepy prefers libfuse 2 when both are installed; the server needs libfuse 3.
+        libfuse3 = ctypes.util.find_library("fuse3")
+        if libfuse3 and "FUSE_LIBRARY_PATH" not in env:
+            env["FUSE_LIBRARY_PATH"] = libfuse3
         try:
             self._proc = subprocess.Popen(
                 [
@@ -268,6 +276,7 @@ class FaultFS:
                     str(theirs.fileno()),
                 ],
                 pass_fds=[theirs.fileno()],
+                env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=self._log,
                 stderr=subprocess.STDOUT,

@@ -528,6 +528,13 @@ def test_two_processes_locking_through_the_mount_exclude_each_other(
     ready(holder)
     assert not try_lockf(through_mount)
     assert faultfs.stats().lock_owners == 1
+    fd = os.open(through_mount, os.O_RDONLY)
+    try:
+        query = struct.pack("hhqqi4x", fcntl.F_RDLCK, os.SEEK_SET, 0, 0, 0)
+        l_type, _, _, _, l_pid = struct.unpack("hhqqi4x", fcntl.fcntl(fd, fcntl.F_GETLK, query))
+        assert (l_type, l_pid) == (fcntl.F_WRLCK, holder.pid)
+    finally:
+        os.close(fd)
     holder.kill()
     holder.wait(timeout=PROC_TIMEOUT)
     # The dead holder's files were closed: its lock is gone from the source too.
