@@ -321,3 +321,28 @@ def test_many_instances_in_one_process_share_the_lock(pair: Pair, count: int) ->
         t.join()
     assert len(set(acked)) == 40 * count
     assert_converged(pair, acked)
+
+
+def test_drain_cut_off_half_way_is_completed_without_duplicates(pair: Pair) -> None:
+    """A crash left the first two cached entries on the peer but the cache in place."""
+    a = pair.twin("a")
+    pair.cut("a")
+    acked = [a.write(f"e{i}").id for i in range(5)]
+    cached = (pair.log_dir("a") / "twinlog.cache").read_bytes().splitlines(keepends=True)
+    with open(pair.log_dir("b") / "twinlog.log", "ab") as f:
+        f.writelines(cached[:2])
+    pair.connect("a")
+    assert a.reconcile().pushed == 3
+    assert log_ids(pair.log_dir("b")) == acked
+    assert_converged(pair, acked)
+
+
+def test_entry_lost_between_log_and_cache_is_found_in_the_log(pair: Pair) -> None:
+    """A crash after the local append but before the cache append: the log is the truth."""
+    a = pair.twin("a")
+    pair.cut("a")
+    acked = [a.write(f"e{i}").id for i in range(3)]
+    (pair.log_dir("a") / "twinlog.cache").write_bytes(b"")  # the cache lost everything
+    pair.connect("a")
+    assert a.reconcile().pushed == 3
+    assert_converged(pair, acked)

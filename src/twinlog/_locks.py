@@ -193,8 +193,7 @@ def _wait_in_thread(fd: int, timeout: float | None) -> int:
             if not done.is_set():
                 state["abandoned"] = True
                 raise LockTimeoutError(
-                    f"lock {LOCK_FILE} held by another process or host for more than "
-                    f"{timeout:.3g}s"
+                    f"lock {LOCK_FILE} held by another process or host for more than {timeout:.3g}s"
                 )
     error = state["error"]
     if isinstance(error, OSError):

@@ -32,6 +32,7 @@ from twinlog.exceptions import LockTimeoutError, PeerError
 __all__ = ["RemoteDir", "serve"]
 
 _HEADER = struct.Struct("!I")
+_STARTUP_TIMEOUT = 30.0
 _MAX_FRAME = 1 << 30
 _instances: weakref.WeakSet[RemoteDir] = weakref.WeakSet()
 
@@ -82,6 +83,15 @@ class RemoteDir:
         self.spawned += 1
         self._live[:] = [p for p in self._live if p.poll() is None]
         self._live.append(proc)
+        # Start-up (a Python interpreter) touches no peer file, so it is not charged to the
+        # caller's peer deadline; only a wildly overloaded machine takes longer than this.
+        assert proc.stdout is not None
+        try:
+            _read_frame(proc.stdout.fileno(), time.monotonic() + _STARTUP_TIMEOUT)
+        except (TimeoutError, OSError, EOFError) as exc:
+            self._proc = proc
+            self._abandon()
+            raise PeerError("io_error", f"peer worker did not start: {exc!r}") from None
         return proc
 
     @property
@@ -152,6 +162,7 @@ class RemoteDir:
         deadline = time.monotonic() + timeout
         if self._proc is None or self._proc.poll() is not None:
             self._proc = self._spawn()
+            deadline = time.monotonic() + timeout
         proc = self._proc
         assert proc.stdin is not None
         assert proc.stdout is not None
@@ -241,6 +252,8 @@ def serve(stdin_fd: int = 0, stdout_fd: int = 1) -> None:
     """The worker's loop: run batches of DirOps calls until the parent closes the pipe."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's business
     dirs: dict[str, DirOps] = {}
+    ready = pickle.dumps(("ready", os.getpid()))
+    os.write(stdout_fd, _HEADER.pack(len(ready)) + ready)
     while True:
         header = _read_blocking(stdin_fd, _HEADER.size)
         if header is None:

@@ -1,0 +1,819 @@
+"""The ``twinlog`` command: init, write, tail, status, reconcile, verify, demo.
+
+Every command is one :class:`Command` in :data:`COMMANDS` (a name, a function adding its
+arguments, a function running it); adding one is adding an entry there. ``main(argv)`` returns the
+exit status instead of exiting, so tests call it directly. Exit statuses:
+
+* 0: done (``status``/``verify``: in sync);
+* 1: degraded (peer unreachable, entries still waiting, logs differ);
+* 2: error: bad usage, configuration or a failing local directory. One line on stderr says what
+  is wrong and how to fix it; never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import dataclasses
+import errno
+import json
+import os
+import stat
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import IO, Any, NoReturn, TextIO
+
+from twinlog import __version__
+from twinlog._api import TwinLog
+from twinlog._fileops import LOG_FILE, MARKER_FILE
+from twinlog.config import DEFAULT_CONFIG_PATH, Config
+from twinlog.entry import RESERVED_FIELDS, Entry, decode_line
+from twinlog.exceptions import ConfigError, LockTimeoutError, TwinlogError
+from twinlog.probe import REASONS
+
+__all__ = ["COMMANDS", "Command", "LogFollower", "format_entry", "main", "parse_field"]
+
+CONFIG_ENV = "TWINLOG_CONFIG"
+DIR_MODE = 0o750
+FILE_MODE = 0o640
+#: How long ``tail -f`` sleeps when the log has not grown.
+FOLLOW_INTERVAL = 0.25
+LEVELS = ("DEBUG", "INFO", "NOTICE", "WARNING", "ERROR", "CRITICAL")
+_LIST_LIMIT = 20  # ids listed per line by ``verify`` before "... and N more"
+
+
+class UsageError(Exception):
+    """A bad command line or argument; ``main`` prints it as one line and returns 2."""
+
+
+@dataclasses.dataclass
+class Console:
+    """Where a command writes; resolved when ``main`` starts so tests can swap sys.stdout."""
+
+    out: TextIO
+    err: TextIO
+
+    def print(self, text: str = "") -> None:
+        self.out.write(text + "\n")
+
+    def error(self, text: str) -> None:
+        self.err.write(f"twinlog: {text}\n")
+        self.err.flush()
+
+
+@dataclasses.dataclass(frozen=True)
+class Command:
+    """One subcommand. ``run`` returns the exit status."""
+
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace, Console], int]
+    needs_config: bool = True
+
+
+# -- argument parsing ---------------------------------------------------------------------
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see '{self.prog} --help')")
+
+
+def parse_field(text: str) -> tuple[str, Any]:
+    """``key=value`` keeps value as a string; ``key:=json`` parses a JSON scalar."""
+    if ":=" in text and ("=" not in text or text.index(":=") < text.index("=")):
+        key, raw = text.split(":=", 1)
+        try:
+            value = json.loads(raw, parse_constant=_reject_constant)
+        except ValueError:
+            raise UsageError(
+                f"--field {text!r}: {raw!r} is not JSON; quote strings "
+                f"(key:='\"text\"') or use key=value for plain text"
+            ) from None
+        if isinstance(value, dict | list):
+            raise UsageError(
+                f"--field {text!r}: only JSON scalars (number, true, false, null, string) "
+                "are accepted after :="
+            )
+    elif "=" in text:
+        key, value = text.split("=", 1)
+    else:
+        raise UsageError(
+            f"--field {text!r}: expected key=value (text) or key:=json (a number etc.)"
+        )
+    if not key:
+        raise UsageError(f"--field {text!r}: the field name is empty")
+    if key in RESERVED_FIELDS:
+        names = ", ".join(sorted(RESERVED_FIELDS))
+        raise UsageError(f"--field {text!r}: {key!r} is reserved (reserved names: {names})")
+    if key == "level":
+        raise UsageError(f"--field {text!r}: use --level to set the level")
+    return key, value
+
+
+def _reject_constant(name: str) -> NoReturn:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _line_count(text: str) -> int | None:
+    if text == "all":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'all', got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value}")
+    return value
+
+
+def _level(text: str) -> str:
+    level = text.upper()
+    if level == "WARN":
+        level = "WARNING"
+    if level not in LEVELS:
+        raise argparse.ArgumentTypeError(f"unknown level {text!r}; use one of {', '.join(LEVELS)}")
+    return level
+
+
+def build_parser() -> argparse.ArgumentParser:
+    config_help = f"configuration file (default: ${CONFIG_ENV}, else {DEFAULT_CONFIG_PATH})"
+    common = _Parser(add_help=False)
+    # SUPPRESS: "--config" is accepted before or after the command without one hiding the other.
+    common.add_argument(
+        "-c", "--config", metavar="PATH", default=argparse.SUPPRESS, help=config_help
+    )
+    parser = _Parser(
+        prog="twinlog",
+        description="Keep the management log of a two-node cluster identical on both nodes.",
+        parents=[common],
+    )
+    parser.add_argument("--version", action="version", version=f"twinlog {__version__}")
+    sub = parser.add_subparsers(title="commands", dest="command", metavar="COMMAND")
+    for command in COMMANDS:
+        child = sub.add_parser(
+            command.name, help=command.help, description=command.help, parents=[common]
+        )
+        command.add_arguments(child)
+        child.set_defaults(handler=command)
+    return parser
+
+
+# -- configuration ------------------------------------------------------------------------
+def config_path(args: argparse.Namespace) -> tuple[Path, str]:
+    """The configuration file to use, and where that choice came from (for error messages)."""
+    explicit = getattr(args, "config", None)
+    if explicit:
+        return Path(explicit), "--config"
+    from_env = os.environ.get(CONFIG_ENV)
+    if from_env:
+        return Path(from_env), f"${CONFIG_ENV}"
+    return DEFAULT_CONFIG_PATH, "the default path"
+
+
+def load_config(args: argparse.Namespace) -> Config:
+    path, source = config_path(args)
+    try:
+        return Config.load(path)
+    except ConfigError as exc:
+        if source == "the default path":
+            hint = f"pass --config PATH or set {CONFIG_ENV}"
+        else:
+            hint = f"check the file named by {source}"
+        raise ConfigError(f"{exc}; {hint}") from None
+
+
+def _describe_error(exc: BaseException) -> str:
+    if isinstance(exc, LockTimeoutError):
+        return f"{exc}; another twinlog process holds the log's lock: try again"
+    if isinstance(exc, TwinlogError):
+        text = str(exc)
+    elif isinstance(exc, OSError):
+        where = f": {exc.filename}" if exc.filename else ""
+        text = f"{exc.strerror or exc}{where}"
+    else:  # pragma: no cover - main only passes the two kinds above
+        text = str(exc)
+    if isinstance(exc, OSError) and exc.errno in (errno.EACCES, errno.EPERM):
+        text += "; run as root or as a member of the log directory's group"
+    elif isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        text += "; free some space on the log's filesystem"
+    return text
+
+
+# -- output helpers -----------------------------------------------------------------------
+_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))}
+_CONTROL.update({ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t"})
+_COLOURS = {
+    "DEBUG": "\x1b[2m",
+    "NOTICE": "\x1b[36m",
+    "WARNING": "\x1b[33m",
+    "ERROR": "\x1b[31m",
+    "CRITICAL": "\x1b[1;31m",
+}
+_DIM, _RESET = "\x1b[2m", "\x1b[0m"
+
+
+def _printable(text: str) -> str:
+    """One line, with no terminal control sequence a log message could smuggle in."""
+    return text.translate(_CONTROL)
+
+
+def use_colour(choice: str, stream: IO[str]) -> bool:
+    if choice != "auto":
+        return choice == "always"
+    if os.environ.get("NO_COLOR") or os.environ.get("TERM") == "dumb":
+        return False
+    try:
+        return stream.isatty()
+    except ValueError:  # closed stream
+        return False
+
+
+def _field_text(value: Any) -> str:
+    if isinstance(value, str) and value and not any(c in value for c in ' "='):
+        return _printable(value)
+    return _printable(json.dumps(value, ensure_ascii=False))
+
+
+def format_entry(entry: Entry, node_width: int, *, colour: bool) -> str:
+    """``time  node  LEVEL     message  key=value ...`` on one line."""
+    ts = entry.ts.replace("T", " ")
+    level = str(entry.get("level", "-"))
+    extras = " ".join(
+        f"{key}={_field_text(value)}" for key, value in entry.fields.items() if key != "level"
+    )
+    msg = _printable(entry.msg)
+    node = entry.node.ljust(node_width)
+    padded_level = _printable(level).ljust(8)
+    if colour:
+        ts = f"{_DIM}{ts}{_RESET}"
+        if level in _COLOURS:
+            padded_level = f"{_COLOURS[level]}{padded_level}{_RESET}"
+        if extras:
+            extras = f"{_DIM}{extras}{_RESET}"
+    line = f"{ts}  {node}  {padded_level} {msg}"
+    return f"{line}  {extras}" if extras else line
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def _reason_text(reason: str, text: str = "") -> str:
+    return text or REASONS.get(reason.split(":", 1)[0], reason)
+
+
+def _ids(ids: list[str]) -> str:
+    shown = ", ".join(ids[:_LIST_LIMIT])
+    more = len(ids) - _LIST_LIMIT
+    return f"{shown}, ... and {more} more" if more > 0 else shown
+
+
+# -- init ---------------------------------------------------------------------------------
+def _args_init(parser: argparse.ArgumentParser) -> None:
+    del parser  # no options
+
+
+def cmd_init(args: argparse.Namespace, con: Console) -> int:
+    cfg = load_config(args)
+    marker = cfg.log_dir / MARKER_FILE
+    dir_existed, marker_existed = cfg.log_dir.is_dir(), marker.exists()
+    with TwinLog(cfg) as log:
+        con.print(f"log_dir {cfg.log_dir}: " + ("exists" if dir_existed else "created"))
+        con.print(
+            f"identity marker {marker}: "
+            + (f"names node {cfg.node}" if marker_existed else f"created for node {cfg.node}")
+        )
+        changed = _fix_modes(cfg.log_dir)
+        for path, old, new in changed:
+            con.print(f"mode of {path}: {old:04o} -> {new:04o}")
+        if not changed:
+            con.print(f"modes: already {DIR_MODE:04o} (directory) and {FILE_MODE:04o} (files)")
+        info = log.status()
+    if info["peer_reachable"]:
+        con.print(f"peer {cfg.peer} at {cfg.peer_dir}: reachable")
+    else:
+        reason = _reason_text(info["peer_reason"], info["peer_reason_text"])
+        con.print(f"peer {cfg.peer} at {cfg.peer_dir}: not reachable yet ({reason})")
+    return 0
+
+
+def _fix_modes(log_dir: Path) -> list[tuple[Path, int, int]]:
+    """Set the directory to DIR_MODE and twinlog's own regular files in it to FILE_MODE."""
+    changed = []
+    targets = [(log_dir, DIR_MODE)]
+    targets += [
+        (path, FILE_MODE) for path in sorted(log_dir.iterdir()) if path.name.startswith("twinlog.")
+    ]
+    for path, mode in targets:
+        st = path.lstat()  # never follow a symlink planted in the directory
+        if path != log_dir and not stat.S_ISREG(st.st_mode):
+            continue
+        old = stat.S_IMODE(st.st_mode)
+        if old != mode:
+            os.chmod(path, mode)
+            changed.append((path, old, mode))
+    return changed
+
+
+# -- write --------------------------------------------------------------------------------
+def _args_write(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "message", metavar="MSG", help="the message; '-' reads one per line from stdin"
+    )
+    parser.add_argument(
+        "-l", "--level", type=_level, default="INFO", help="entry level (default: INFO)"
+    )
+    parser.add_argument(
+        "-f",
+        "--field",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra field: key=text, or key:=json for a number, true, false or null",
+    )
+
+
+def _stdin_lines() -> Iterable[str]:
+    raw = getattr(sys.stdin, "buffer", None)
+    if raw is None:  # a text stream put in place of stdin (tests, embedding)
+        yield from sys.stdin
+        return
+    for line in raw:
+        yield line.decode("utf-8", "replace")
+
+
+def cmd_write(args: argparse.Namespace, con: Console) -> int:
+    fields: dict[str, Any] = {"level": args.level}
+    for text in args.field:
+        key, value = parse_field(text)
+        if key in fields:
+            raise UsageError(f"--field {text!r}: field {key!r} given twice")
+        fields[key] = value
+    cfg = load_config(args)
+    status = 0
+    with TwinLog(cfg) as log:
+        if args.message != "-":
+            con.print(log.write(args.message, **fields).id)
+        else:
+            for number, line in enumerate(_stdin_lines(), 1):
+                msg = line.rstrip("\r\n")
+                if not msg:
+                    continue
+                try:
+                    entry = log.write(msg, **fields)
+                except (TwinlogError, ValueError, TypeError) as exc:
+                    if isinstance(exc, OSError):
+                        raise  # storage failures stop the whole run
+                    con.error(f"stdin line {number} not logged: {exc}")
+                    status = 2
+                    continue
+                con.print(entry.id)
+                con.out.flush()
+        if log.last_reason != "ok":
+            con.error(
+                f"note: peer {cfg.peer} not reachable ({_reason_text(log.last_reason)}); "
+                "the entry waits in the local cache and is delivered when the peer is back"
+            )
+    return status
+
+
+# -- tail ---------------------------------------------------------------------------------
+def _args_tail(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-n",
+        "--lines",
+        type=_line_count,
+        default=10,
+        metavar="N",
+        help="show the last N entries, or 'all' (default: 10)",
+    )
+    parser.add_argument(
+        "-f", "--follow", action="store_true", help="keep printing new entries until interrupted"
+    )
+    parser.add_argument("--json", action="store_true", help="JSON Lines, one entry per line")
+    parser.add_argument(
+        "--color",
+        "--colour",
+        choices=("auto", "always", "never"),
+        default="auto",
+        help="colour the output (default: auto: on a terminal, unless NO_COLOR is set)",
+    )
+
+
+class LogFollower:
+    """Complete lines appended to one log file, across rename (rotation) and truncation.
+
+    Polls by size and inode; starts at the end of the last complete line present now.
+    """
+
+    CHUNK = 1 << 20
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+        self._ino = 0
+        self._offset = 0
+        self._partial = b""
+        self._open(at_end=True)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def _open(self, *, at_end: bool) -> None:
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return
+        st = os.fstat(fd)
+        self._fd, self._ino, self._partial = fd, st.st_ino, b""
+        self._offset = self._last_line_end(st.st_size) if at_end else 0
+
+    def _last_line_end(self, size: int) -> int:
+        assert self._fd is not None
+        pos = size
+        while pos > 0:
+            start = max(0, pos - self.CHUNK)
+            newline = os.pread(self._fd, pos - start, start).rfind(b"\n")
+            if newline >= 0:
+                return start + newline + 1
+            pos = start
+        return 0
+
+    def poll(self) -> list[bytes]:
+        """Lines completed since the last call (without their newlines)."""
+        if self._fd is None:
+            self._open(at_end=False)
+            if self._fd is None:
+                return []
+        lines = self._read_new()
+        try:
+            ino = os.stat(self.path).st_ino
+        except FileNotFoundError:
+            return lines  # renamed away, the new file not created yet
+        if ino != self._ino:
+            lines += self._read_new()  # the rest of the old file first
+            self.close()
+            self._open(at_end=False)
+            if self._fd is not None:
+                lines += self._read_new()
+        return lines
+
+    def _read_new(self) -> list[bytes]:
+        fd = self._fd
+        assert fd is not None
+        if self._partial:
+            # A torn last line is cut off by the next writer (and new lines may follow it at
+            # once): start again where the partial line began if its bytes are gone.
+            begin = self._offset - len(self._partial)
+            if os.pread(fd, len(self._partial), begin) != self._partial:
+                self._offset, self._partial = begin, b""
+        size = os.fstat(fd).st_size
+        if size < self._offset:
+            self._offset, self._partial = size, b""
+        lines: list[bytes] = []
+        while True:
+            data = os.pread(fd, self.CHUNK, self._offset)
+            if not data:
+                return lines
+            self._offset += len(data)
+            *complete, self._partial = (self._partial + data).split(b"\n")
+            lines += (line for line in complete if line)
+
+
+def cmd_tail(args: argparse.Namespace, con: Console) -> int:
+    cfg = load_config(args)
+    colour = not args.json and use_colour(args.color, con.out)
+    node_width = max(len(cfg.node), len(cfg.peer))
+
+    def show(entry: Entry) -> None:
+        if args.json:
+            con.print(json.dumps(entry.to_dict(), ensure_ascii=False))
+        else:
+            con.print(format_entry(entry, node_width, colour=colour))
+
+    with TwinLog(cfg) as log:
+        # Start watching before reading, so nothing written in between is missed; what both
+        # see is printed once thanks to the per-origin sequence numbers.
+        follower = LogFollower(cfg.log_dir / LOG_FILE) if args.follow else None
+        last_seq = {cfg.node: 0, cfg.peer: 0}
+        recent: collections.deque[Entry] = collections.deque(maxlen=args.lines)
+        for entry in log.read():
+            last_seq[entry.node] = max(last_seq[entry.node], entry.seq)
+            recent.append(entry)
+    for entry in recent:
+        show(entry)
+    con.out.flush()
+    if follower is None:
+        return 0
+    try:
+        while True:
+            shown = False
+            for line in follower.poll():
+                entry = decode_line(line)
+                # Drains append the peer's entries late, with their older timestamps: they are
+                # printed as they arrive. Anything already shown (or a duplicate) is skipped.
+                if entry is None or entry.seq <= last_seq.get(entry.node, entry.seq):
+                    continue
+                last_seq[entry.node] = entry.seq
+                show(entry)
+                shown = True
+            if shown:
+                con.out.flush()
+            else:
+                time.sleep(FOLLOW_INTERVAL)
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        follower.close()
+
+
+# -- status -------------------------------------------------------------------------------
+def _args_status(parser: argparse.ArgumentParser) -> None:
+    fmt = parser.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true", help="the status as one JSON object")
+    fmt.add_argument(
+        "--prometheus",
+        action="store_true",
+        help="metrics in the Prometheus text format (node_exporter textfile collector)",
+    )
+
+
+def status_exit(info: dict[str, Any]) -> int:
+    return 0 if info["in_sync"] else 1
+
+
+def status_summary(info: dict[str, Any]) -> str:
+    """The Nagios-style first line: ``TWINLOG OK - ...`` or ``TWINLOG WARNING - ...``."""
+    node, peer = info["node"], info["peer"]
+    cache = info["cache_entries"]
+    perf = [f"cache_local={cache['local']}"]
+    for key, value in (
+        ("cache_peer", cache["peer"]),
+        ("pending_to_peer", info["pending_to_peer"]),
+        ("pending_from_peer", info["pending_from_peer"]),
+    ):
+        if value is not None:
+            perf.append(f"{key}={value}")
+    perf.append(f"peer_reachable={int(info['peer_reachable'])}")
+    seqs = ", ".join(f"{n}:{s}" for n, s in info["last_seq"].items())
+    if info["in_sync"]:
+        text = f"TWINLOG OK - {node} and {peer} in sync (last seq {seqs})"
+    elif not info["peer_reachable"]:
+        reason = _reason_text(info["peer_reason"], info["peer_reason_text"])
+        text = f"TWINLOG WARNING - peer {peer} not reachable from {node}: {reason}"
+        if cache["local"]:
+            text += f"; {_plural(cache['local'], 'entry')} cached for {peer}"
+    else:
+        waiting = []
+        to_peer = max(info["pending_to_peer"] or 0, cache["local"] or 0)
+        from_peer = max(info["pending_from_peer"] or 0, cache["peer"] or 0)
+        if to_peer:
+            waiting.append(f"{_plural(to_peer, 'entry')} waiting to go to {peer}")
+        if from_peer:
+            waiting.append(f"{_plural(from_peer, 'entry')} waiting to come from {peer}")
+        text = (
+            f"TWINLOG WARNING - {' and '.join(waiting) or 'not in sync'}; run 'twinlog reconcile'"
+        )
+    return f"{text} | {' '.join(perf)}"
+
+
+def status_details(info: dict[str, Any]) -> list[str]:
+    node, peer = info["node"], info["peer"]
+    cache = info["cache_entries"]
+    reach = "reachable" if info["peer_reachable"] else "NOT reachable"
+    lines = [
+        f"node:              {node}",
+        f"peer:              {peer} ({reach}: "
+        f"{_reason_text(info['peer_reason'], info['peer_reason_text'])})",
+        f"local cache:       {_plural(cache['local'], 'entry')} waiting for {peer}",
+        "peer cache:        "
+        + (
+            "unknown (peer not reachable)"
+            if cache["peer"] is None
+            else f"{_plural(cache['peer'], 'entry')} waiting for {node}"
+        ),
+        "last seq here:     " + ", ".join(f"{n}:{s}" for n, s in info["last_seq"].items()),
+    ]
+    if info["peer_last_seq"] is not None:
+        lines.append(
+            "last seq on peer:  " + ", ".join(f"{n}:{s}" for n, s in info["peer_last_seq"].items())
+        )
+    if info["stuck_workers"]:
+        pids = ", ".join(str(pid) for pid in info["stuck_workers"])
+        lines.append(f"stuck peer workers: {pids}")
+    return lines
+
+
+def _label(value: object) -> str:
+    text = str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return f'"{text}"'
+
+
+def prometheus_text(info: dict[str, Any]) -> str:
+    """The status in the Prometheus text exposition format."""
+    out: list[str] = []
+
+    def metric(name: str, help_text: str, samples: list[tuple[dict[str, object], int]]) -> None:
+        out.append(f"# HELP {name} {help_text}")
+        out.append(f"# TYPE {name} gauge")
+        for labels, value in samples:
+            rendered = ",".join(f"{k}={_label(v)}" for k, v in labels.items())
+            out.append(f"{name}{{{rendered}}} {value}" if rendered else f"{name} {value}")
+
+    cache = info["cache_entries"]
+    metric(
+        "twinlog_peer_reachable",
+        "Whether this node reached its peer's log directory (1) or not (0).",
+        [({"node": info["node"], "peer": info["peer"]}, int(info["peer_reachable"]))],
+    )
+    metric(
+        "twinlog_in_sync",
+        "Whether both logs hold the same entries and no cache holds any (1) or not (0).",
+        [({}, int(info["in_sync"]))],
+    )
+    metric(
+        "twinlog_cache_entries",
+        "Entries waiting in a cache: side=local for the peer, side=peer for this node.",
+        [({"side": side}, cache[side]) for side in ("local", "peer") if cache[side] is not None],
+    )
+    metric(
+        "twinlog_last_seq",
+        "Highest sequence number of each origin node present in this node's log.",
+        [({"node": n}, seq) for n, seq in info["last_seq"].items()],
+    )
+    pending = [
+        ({"direction": direction}, info[f"pending_{direction}"])
+        for direction in ("to_peer", "from_peer")
+        if info[f"pending_{direction}"] is not None
+    ]
+    if pending:
+        metric(
+            "twinlog_pending_entries",
+            "Entries present on one node's log and not yet on the other's.",
+            pending,
+        )
+    metric(
+        "twinlog_stuck_workers",
+        "Peer worker processes stuck in the kernel (a hung mount).",
+        [({}, len(info["stuck_workers"]))],
+    )
+    return "\n".join(out) + "\n"
+
+
+def cmd_status(args: argparse.Namespace, con: Console) -> int:
+    cfg = load_config(args)
+    with TwinLog(cfg) as log:
+        info = log.status()
+    if args.json:
+        con.print(json.dumps(info, indent=2))
+    elif args.prometheus:
+        con.out.write(prometheus_text(info))
+    else:
+        con.print(status_summary(info))
+        for line in status_details(info):
+            con.print(line)
+    return status_exit(info)
+
+
+# -- reconcile ----------------------------------------------------------------------------
+def _args_reconcile(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="the result as one JSON object")
+
+
+def cmd_reconcile(args: argparse.Namespace, con: Console) -> int:
+    cfg = load_config(args)
+    with TwinLog(cfg) as log:
+        result = log.reconcile()
+    if args.json:
+        con.print(json.dumps(result.to_dict()))
+    elif result.peer_reachable:
+        con.print(
+            f"reconciled {cfg.node} with {cfg.peer}: "
+            f"pushed {_plural(result.pushed, 'entry')} to {cfg.peer}, "
+            f"pulled {_plural(result.pulled, 'entry')} from {cfg.peer}"
+        )
+    else:
+        con.print(
+            f"peer {cfg.peer} not reachable ({_reason_text(result.reason)}): nothing moved; "
+            "cached entries are delivered once it is back"
+        )
+    for torn in result.torn_repaired:
+        con.print(f"repaired a torn last line: {torn}")
+    return 0 if result.peer_reachable else 1
+
+
+# -- verify -------------------------------------------------------------------------------
+def _args_verify(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="the result as one JSON object")
+
+
+def cmd_verify(args: argparse.Namespace, con: Console) -> int:
+    cfg = load_config(args)
+    with TwinLog(cfg) as log:
+        result = log.verify()
+    if args.json:
+        con.print(json.dumps(result.to_dict(), indent=2))
+    elif not result.peer_reachable:
+        con.print(f"CANNOT VERIFY - peer {cfg.peer} not reachable: {_reason_text(result.reason)}")
+    elif result.in_sync:
+        con.print(
+            f"IN SYNC - {cfg.node} and {cfg.peer} hold the same "
+            f"{_plural(result.local_entries, 'entry')}"
+        )
+    else:
+        con.print(
+            f"NOT IN SYNC - {cfg.node} holds {_plural(result.local_entries, 'entry')}, "
+            f"{cfg.peer} holds {result.peer_entries}"
+        )
+        for label, ids in (
+            (f"missing on {cfg.node} (this node)", result.missing_on_local),
+            (f"missing on {cfg.peer} (peer)", result.missing_on_peer),
+            (f"duplicated on {cfg.node}", result.duplicates_local),
+            (f"duplicated on {cfg.peer}", result.duplicates_peer),
+        ):
+            if ids:
+                con.print(f"{label}: {_ids(ids)}")
+        if result.missing_on_local or result.missing_on_peer:
+            con.print("run 'twinlog reconcile' to deliver what is missing")
+    return 0 if result.in_sync else 1
+
+
+# -- demo ---------------------------------------------------------------------------------
+def _args_demo(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--no-mount",
+        action="store_true",
+        help="use symlinks instead of bind mounts (what happens anyway without root)",
+    )
+
+
+def cmd_demo(args: argparse.Namespace, con: Console) -> int:
+    from twinlog.demo import run_demo  # the demo is only imported when asked for
+
+    return run_demo(con.out, use_mounts=not args.no_mount)
+
+
+#: The subcommands, in the order ``--help`` lists them.
+COMMANDS: tuple[Command, ...] = (
+    Command("init", "create this node's log directory and marker, fix modes", _args_init, cmd_init),
+    Command("write", "write an entry (or one per stdin line) and print its id", _args_write, cmd_write),
+    Command("tail", "show the merged log of both nodes", _args_tail, cmd_tail),
+    Command("status", "peer reachability, caches, sequence numbers (0 ok, 1 degraded)", _args_status, cmd_status),
+    Command("reconcile", "deliver waiting entries in both directions now", _args_reconcile, cmd_reconcile),
+    Command("verify", "compare both nodes' logs entry by entry (0 in sync)", _args_verify, cmd_verify),
+    Command("demo", "run a two-node pair in a temporary directory and show it at work", _args_demo, cmd_demo, needs_config=False),
+)  # fmt: skip
+
+
+# -- entry point --------------------------------------------------------------------------
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``twinlog`` command line; return the exit status."""
+    for stream in (sys.stdout, sys.stderr):
+        # A message in an unusual script on a non-UTF-8 terminal must not end the command.
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(errors="backslashreplace")
+    con = Console(sys.stdout, sys.stderr)
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if args.command is None:
+            names = ", ".join(c.name for c in COMMANDS)
+            raise UsageError(f"choose a command: {names} (see 'twinlog --help')")
+        command: Command = args.handler
+        return command.run(args, con)
+    except SystemExit as exc:  # --help and --version
+        return exc.code if isinstance(exc.code, int) else 0
+    except UsageError as exc:
+        con.error(str(exc))
+        return 2
+    except KeyboardInterrupt:
+        con.error("interrupted")
+        return 130
+    except BrokenPipeError:
+        # The reader went away (``twinlog tail | head``): stop quietly.
+        _silence_stdout()
+        return 0
+    except (TwinlogError, OSError) as exc:
+        con.error(_describe_error(exc))
+        return 2
+    finally:
+        try:
+            con.out.flush()
+        except (BrokenPipeError, ValueError):
+            _silence_stdout()
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush cannot fail again."""
+    try:
+        fileno = sys.stdout.fileno()
+    except (OSError, ValueError):
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fileno)
+    os.close(devnull)
