@@ -22,6 +22,9 @@ Modes (what each FUSE request sees while the mode is in force):
 ``enospc``     requests that need space (write, create, mkdir, mknod, symlink, link, fallocate,
                growing truncate) fail with ENOSPC; statfs reports no free blocks; the rest works.
 
+``set_mode(mode, ops={...})`` limits a mode to some FUSE requests (``FAULTABLE_OPS``), e.g.
+``set_mode("eio", ops={"fsync", "flush"})``: writes succeed, fsync and close report EIO, as an NFS
+write-back error does; ``set_mode("hang", ops={"write"})``: hang in the middle of an append.
 Only the mount's own requests are faulted: the source directory stays a plain local directory.
 
 Caching: ``direct_io`` and zero attribute/entry timeouts, so every write(2) reaches the source file
@@ -80,13 +83,14 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Literal, cast, get_args
 
 __all__ = [
+    "FAULTABLE_OPS",
     "MODES",
     "FaultFS",
     "FaultFSError",
@@ -99,6 +103,15 @@ __all__ = [
 
 Mode = Literal["normal", "hang", "eio", "etimedout", "slow", "enospc"]
 MODES: Final[tuple[str, ...]] = get_args(Mode)
+# FUSE requests a mode can be limited to. Never faulted: release, and unlocks.
+FAULTABLE_OPS: Final = frozenset(
+    {
+        "getattr", "access", "readlink", "readdir", "statfs", "chmod", "chown", "utimens",
+        "truncate", "mknod", "mkdir", "unlink", "rmdir", "symlink", "link", "rename", "open",
+        "create", "read", "write", "fallocate", "flush", "fsync", "getlk", "setlk", "setlkw",
+        "flock",
+    }
+)  # fmt: skip
 
 FSTYPE: Final = "fuse.faultfs"
 _MNT_DETACH: Final = 2
@@ -118,6 +131,7 @@ class FaultStats:
 
     mode: str
     delay: float
+    ops: list[str] | None  # the requests the mode applies to; None: all
     calls: int  # FUSE requests received (before any fault)
     calls_by_op: dict[str, int]
     blocked: int  # requests blocked right now by "hang"
@@ -394,13 +408,24 @@ class FaultFS:
             raise FaultFSError(f"FaultFS refused {request}: {reply.get('error')}")
         return reply
 
-    def set_mode(self, mode: Mode, delay: float = 0.05) -> FaultStats:
-        """Switch every following (and every blocked) request to ``mode``."""
+    def set_mode(
+        self, mode: Mode, delay: float = 0.05, *, ops: Collection[str] | None = None
+    ) -> FaultStats:
+        """Switch every following (and every blocked) request to ``mode``.
+
+        ``ops`` limits the fault to those FUSE requests (names in ``FAULTABLE_OPS``; others are
+        served normally), e.g. ``set_mode("eio", ops={"fsync", "flush"})`` for NFS write-back
+        errors that surface only at fsync and close.
+        """
         if mode not in MODES:
             raise ValueError(f"unknown FaultFS mode {mode!r}, expected one of {MODES}")
         if delay < 0:
             raise ValueError("delay must be >= 0")
-        return self._stats_of(self._request({"cmd": "set_mode", "mode": mode, "delay": delay}))
+        if ops is not None and not set(ops) <= FAULTABLE_OPS:
+            raise ValueError(f"not faultable: {sorted(set(ops) - FAULTABLE_OPS)}")
+        request: dict[str, Any] = {"cmd": "set_mode", "mode": mode, "delay": delay}
+        request["ops"] = None if ops is None else sorted(ops)
+        return self._stats_of(self._request(request))
 
     def release(self) -> FaultStats:
         """Back to "normal": every blocked request continues as in normal mode."""
@@ -465,6 +490,7 @@ class _FaultState:
         self._cond = threading.Condition()
         self.mode: str = "normal"
         self.delay = 0.05
+        self.ops: frozenset[str] | None = None
         self.initialized = False
         self._calls: Counter[str] = Counter()
         self._errors: Counter[str] = Counter()
@@ -473,13 +499,17 @@ class _FaultState:
         self._released = 0
         self._killed = 0
 
-    def set_mode(self, mode: str, delay: float) -> None:
+    def set_mode(self, mode: str, delay: float, ops: Collection[str] | None = None) -> None:
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}")
         with self._cond:
             self.mode = mode
             self.delay = float(delay)
+            self.ops = None if ops is None else frozenset(ops)
             self._cond.notify_all()
+
+    def _mode_for(self, op: str) -> str:
+        return self.mode if self.ops is None or op in self.ops else "normal"
 
     def count(self, op: str) -> None:
         with self._cond:
@@ -489,11 +519,11 @@ class _FaultState:
         """Apply the current mode to one request: return to serve it, or raise OSError."""
         with self._cond:
             self._calls[op] += 1
-            if self.mode == "hang":
+            if self._mode_for(op) == "hang":
                 self._blocked += 1
                 self._max_blocked = max(self._max_blocked, self._blocked)
                 try:
-                    while self.mode == "hang":
+                    while self._mode_for(op) == "hang":
                         if _caller_is_dying(caller):
                             self._killed += 1
                             raise OSError(errno.EINTR, "caller killed while the mount hung")
@@ -501,7 +531,7 @@ class _FaultState:
                     self._released += 1
                 finally:
                     self._blocked -= 1
-            mode, delay = self.mode, self.delay
+            mode, delay = self._mode_for(op), self.delay
             error = _ERRORS.get(mode)
             if mode == "enospc" and needs_space:
                 error = errno.ENOSPC
@@ -516,6 +546,7 @@ class _FaultState:
             snap = {
                 "mode": self.mode,
                 "delay": self.delay,
+                "ops": None if self.ops is None else sorted(self.ops),
                 "calls": sum(self._calls.values()),
                 "calls_by_op": dict(self._calls),
                 "blocked": self._blocked,
@@ -726,7 +757,7 @@ def _serve(source: str, mountpoint: str, control_fd: int) -> int:
         def statfs(self, path: str) -> dict[str, int]:
             gate("statfs")
             sv = os.statvfs(real(path))
-            full = state.mode == "enospc"
+            full = state.mode == "enospc" and (state.ops is None or "statfs" in state.ops)
             return {
                 "f_bsize": sv.f_bsize,
                 "f_frsize": sv.f_frsize,
@@ -920,7 +951,7 @@ def _serve(source: str, mountpoint: str, control_fd: int) -> int:
     control = socket.socket(fileno=control_fd)
 
     def exit_now(code: int) -> None:
-        state.set_mode("normal", 0.0)
+        state.set_mode("normal", 0.0, None)
         with contextlib.suppress(FaultFSError, OSError):
             _detach(mountpoint)
         os._exit(code)
@@ -935,7 +966,7 @@ def _serve(source: str, mountpoint: str, control_fd: int) -> int:
                     if cmd == "ping":
                         reply["initialized"] = state.initialized
                     elif cmd == "set_mode":
-                        state.set_mode(request["mode"], request.get("delay", 0.05))
+                        state.set_mode(request["mode"], request["delay"], request.get("ops"))
                     elif cmd not in ("stats", "shutdown"):
                         raise ValueError(f"unknown command {cmd!r}")
                     reply["stats"] = state.snapshot(len(locks), reset=bool(request.get("reset")))

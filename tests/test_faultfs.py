@@ -465,11 +465,46 @@ def test_enospc_fails_writes_but_not_reads(faultfs: FaultFS) -> None:
     assert faultfs.stats().errors_by_errno == {"ENOSPC": 4}
 
 
+def test_a_mode_can_be_limited_to_some_requests(faultfs: FaultFS, procs: Procs) -> None:
+    # NFS write-back errors: write(2) succeeds, fsync and close report the failure.
+    peer_log = faultfs.mountpoint / "peer.log"
+    fd = os.open(peer_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    stats = faultfs.set_mode("eio", ops={"fsync", "flush"})
+    assert (stats.mode, stats.ops) == ("eio", ["flush", "fsync"])
+    os.write(fd, b"entry\n")
+    with pytest.raises(OSError) as raised:
+        os.fsync(fd)
+    assert raised.value.errno == errno.EIO
+    with pytest.raises(OSError) as raised:
+        os.close(fd)
+    assert raised.value.errno == errno.EIO
+    assert (faultfs.source / "peer.log").read_text() == "entry\n"  # it did arrive
+    # Hang only writes: the open goes through, the write blocks.
+    faultfs.set_mode("hang", ops={"write"})
+    writer = procs.spawn(
+        """
+        import os, sys
+        fd = os.open(sys.argv[1], os.O_WRONLY | os.O_APPEND)
+        print("ready", flush=True)
+        os.write(fd, b"more\\n")
+        """,
+        peer_log,
+    )
+    ready(writer)
+    assert faultfs.wait_blocked(1).calls_by_op.get("write") == 2
+    faultfs.release()
+    assert finish(writer) == ""
+    assert peer_log.read_text() == "entry\nmore\n"
+    assert faultfs.stats().ops is None
+
+
 def test_unknown_mode_is_refused(faultfs: FaultFS) -> None:
     with pytest.raises(ValueError, match="unknown FaultFS mode"):
         faultfs.set_mode("broken")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="delay"):
         faultfs.set_mode("slow", delay=-1)
+    with pytest.raises(ValueError, match="not faultable"):
+        faultfs.set_mode("eio", ops={"release"})
     assert faultfs.stats().mode == "normal"
 
 
