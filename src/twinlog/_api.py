@@ -11,9 +11,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from twinlog import _failpoints
-from twinlog._fileops import MARKER_FILE, DirOps
+from twinlog._fileops import LOG_FILE, MARKER_FILE, DirOps
 from twinlog._peer import RemoteOps
-from twinlog._read import VerifyResult, compare, merged_entries, origin_seqs, snapshot_files
+from twinlog._read import (
+    VerifyResult,
+    compare,
+    merged_entries,
+    origin_seqs,
+    pinned_snapshot,
+    snapshot_files,
+)
 from twinlog._store import LogStore
 from twinlog._sync import transfer
 from twinlog._worker import RemoteDir
@@ -56,7 +63,8 @@ class ReconcileResult:
     reason: str
     pushed: int = 0
     pulled: int = 0
-    torn_repaired: list[str] = field(default_factory=list)
+    rotated: str | None = None
+    expired: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -64,6 +72,8 @@ class ReconcileResult:
             "reason": self.reason,
             "pushed": self.pushed,
             "pulled": self.pulled,
+            "rotated": self.rotated,
+            "expired": list(self.expired),
         }
 
 
@@ -159,7 +169,16 @@ class TwinLog:
         with self._mutex:
             return self._commit([])
 
-    def _commit(self, batch: list[_Pending]) -> ReconcileResult:
+    def rotate(self) -> ReconcileResult:
+        """Reconcile, then make the active log a segment and apply retention.
+
+        Retention (``retain_segments``, ``retain_days``) deletes old segments only while the
+        peer is reachable, and never one holding an entry of ours the peer lacks.
+        """
+        with self._mutex:
+            return self._commit([], rotate=True)
+
+    def _commit(self, batch: list[_Pending], *, rotate: bool = False) -> ReconcileResult:
         cfg = self.config
         _local, peer = self._local, self._peer
         result = ReconcileResult(peer_reachable=False, reason="ok")
@@ -196,6 +215,7 @@ class TwinLog:
                 peer_ok = self._append_batch(batch, peer_ok)
                 if not peer_ok and result.peer_reachable:
                     result.peer_reachable, result.reason = False, "io_error"
+            self._rotate_and_expire(result, peer_ok, force=rotate)
             self._checkpoints(peer_ok)
         except BaseException as exc:
             for pending in batch:
@@ -300,6 +320,27 @@ class TwinLog:
             )
         return peer_ok
 
+    def _rotate_and_expire(self, result: ReconcileResult, peer_ok: bool, *, force: bool) -> None:
+        cfg = self.config
+        state = self._local.state
+        assert state is not None
+        if force or state.offset >= cfg.rotate_bytes:
+            try:
+                result.rotated = self._local.rotate()
+            except OSError as exc:
+                if force:
+                    raise StorageError(exc.errno, f"cannot rotate: {exc.strerror}") from exc
+                return  # the next write tries again; the log is intact either way
+        if peer_ok and (result.rotated or force):
+            peer_state = self._peer.state
+            assert peer_state is not None
+            with contextlib.suppress(OSError):
+                result.expired = self._local.expire(
+                    delivered_own_seq=peer_state.hwm.get(cfg.node, 0),
+                    retain_segments=cfg.retain_segments,
+                    retain_days=cfg.retain_days,
+                )
+
     def _checkpoints(self, peer_ok: bool) -> None:
         # A checkpoint only saves reading time; failing to write one loses nothing.
         with contextlib.suppress(OSError):
@@ -314,11 +355,20 @@ class TwinLog:
 
         Reads only local files; identical on both nodes once they have converged.
         """
-        store = LogStore(DirOps(os.fspath(self.config.log_dir)), self.config.node, fsync=False)
-        store.ops.open_dir(self.config.node, None, False)  # type: ignore[attr-defined]
-        store.refresh(repair=False)
-        files = snapshot_files(store)
-        return merged_entries(store, files, [self.config.node, self.config.peer])
+        dir_ops = DirOps(os.fspath(self.config.log_dir))
+        dir_ops.open_dir(self.config.node, None, False)
+        store = LogStore(dir_ops, self.config.node, fsync=False)
+        pinned, files = pinned_snapshot(store, dir_ops.dir_fd)
+        store.ops = pinned  # type: ignore[assignment]  # reading needs only read()
+
+        def entries() -> Iterator[Entry]:
+            try:
+                yield from merged_entries(store, files, [self.config.node, self.config.peer])
+            finally:
+                pinned.close()
+                dir_ops.close()
+
+        return entries()
 
     def status(self) -> dict[str, Any]:
         """Reachability (and why not), what waits in each cache, the last sequence numbers."""
@@ -384,60 +434,76 @@ class TwinLog:
             raise StorageError(exc.errno, f"cannot read the local log: {exc.strerror}") from exc
 
     def verify(self) -> VerifyResult:
-        """Compare this node's log with the peer's, by entry id."""
-        cfg = self.config
+        """Compare this node's log with the peer's, by entry id (over the retained window)."""
         with self._mutex:
-            result = VerifyResult(
-                in_sync=False, node=cfg.node, peer=cfg.peer, peer_reachable=False, reason="ok"
-            )
-            reason = self._precheck()
-            if reason is not None:
-                result.reason = reason
-                return result
-            # Snapshot both logs' complete sizes under both locks, then read without them.
-            held_local = held_peer = False
-            try:
-                for side in sorted((cfg.node, cfg.peer)):
-                    if side == cfg.node:
-                        self._local_ops.lock(cfg.lock_timeout)
-                        held_local = True
-                    else:
-                        self._peer_ops.connect(
-                            cfg.peer, self._local_ops.dev_ino(), cfg.probe_timeout
-                        )
-                        held_peer = True
-                self._refresh_local_readonly()
-                self._peer.refresh(repair=False)
-                local_files = snapshot_files(self._local)
-                peer_files = snapshot_files(self._peer)
-            except PeerError as exc:
-                result.reason = exc.reason
-                return result
-            finally:
-                if held_peer:
-                    with contextlib.suppress(PeerError):
-                        self._peer_ops.release()
-                if held_local:
-                    self._local_ops.unlock()
-            try:
-                for origin in (cfg.node, cfg.peer):
-                    compare(
-                        origin_seqs(self._local, local_files, origin),
-                        origin_seqs(self._peer, peer_files, origin),
-                        origin,
-                        result,
-                    )
-            except PeerError as exc:
-                result.reason = exc.reason
-                return result
-            result.peer_reachable = True
-            result.in_sync = not (
-                result.missing_on_local
-                or result.missing_on_peer
-                or result.duplicates_local
-                or result.duplicates_peer
-            )
+            for _ in range(3):
+                result, stable = self._verify_once()
+                if stable:
+                    break
             return result
+
+    def _verify_once(self) -> tuple[VerifyResult, bool]:
+        """One comparison, and whether neither log rotated while it read them."""
+        cfg = self.config
+        result = VerifyResult(
+            in_sync=False, node=cfg.node, peer=cfg.peer, peer_reachable=False, reason="ok"
+        )
+        reason = self._precheck()
+        if reason is not None:
+            result.reason = reason
+            return result, True
+        # Snapshot both logs' complete sizes under both locks, then read without them.
+        held_local = held_peer = False
+        try:
+            for side in sorted((cfg.node, cfg.peer)):
+                if side == cfg.node:
+                    self._local_ops.lock(cfg.lock_timeout)
+                    held_local = True
+                else:
+                    self._peer_ops.connect(cfg.peer, self._local_ops.dev_ino(), cfg.probe_timeout)
+                    held_peer = True
+            local_state = self._local.refresh(repair=False)
+            peer_state = self._peer.refresh(repair=False)
+            local_files = snapshot_files(self._local)
+            peer_files = snapshot_files(self._peer)
+        except PeerError as exc:
+            result.reason = exc.reason
+            return result, True
+        finally:
+            if held_peer:
+                with contextlib.suppress(PeerError):
+                    self._peer_ops.release()
+            if held_local:
+                self._local_ops.unlock()
+        try:
+            for origin in (cfg.node, cfg.peer):
+                compare(
+                    origin_seqs(self._local, local_files, origin),
+                    origin_seqs(self._peer, peer_files, origin),
+                    origin,
+                    result,
+                    local_mark=local_state.hwm.get(origin, 0),
+                    peer_mark=peer_state.hwm.get(origin, 0),
+                )
+            stable = all(
+                store.segments() == [name for name, _ in files[:-1]]
+                and (store.ops.stat(LOG_FILE) or (0, None))[1] == state.ino
+                for store, files, state in (
+                    (self._local, local_files, local_state),
+                    (self._peer, peer_files, peer_state),
+                )
+            )
+        except PeerError as exc:
+            result.reason = exc.reason
+            return result, True
+        result.peer_reachable = True
+        result.in_sync = not (
+            result.missing_on_local
+            or result.missing_on_peer
+            or result.duplicates_local
+            or result.duplicates_peer
+        )
+        return result, stable
 
     # -- introspection for tests and the CLI --------------------------------------------
     @property

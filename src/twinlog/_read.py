@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import heapq
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -31,6 +32,44 @@ def _lines(store: LogStore, files: list[tuple[str, int | None]]) -> Iterator[byt
             rest = (rest + data)[used:]
             yield from lines
         # ``rest`` without a newline is a torn or in-flight last line: never an entry.
+
+
+class PinnedFiles:
+    """Read-only access to a fixed set of open files, immune to a rotation renaming them."""
+
+    def __init__(self, dir_fd: int, names: list[str]) -> None:
+        self._fds: dict[str, int] = {}
+        for name in names:
+            try:
+                self._fds[name] = os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=dir_fd)
+            except FileNotFoundError:
+                continue
+
+    def size(self, name: str) -> int:
+        fd = self._fds.get(name)
+        return 0 if fd is None else os.fstat(fd).st_size
+
+    def read(self, name: str, offset: int, length: int) -> bytes:
+        fd = self._fds.get(name)
+        return b"" if fd is None else os.pread(fd, length, offset)
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+
+def pinned_snapshot(
+    store: LogStore, dir_fd: int
+) -> tuple[PinnedFiles, list[tuple[str, int | None]]]:
+    """Open the segments and the active log so that a concurrent rotation cannot shift them."""
+    for _ in range(10):
+        names = [*store.segments(), LOG_FILE]
+        pinned = PinnedFiles(dir_fd, names)
+        if [*store.segments(), LOG_FILE] == names:
+            return pinned, [(name, pinned.size(name)) for name in names]
+        pinned.close()  # a rotation happened in between: look again
+    raise OSError("the log kept rotating while being opened")
 
 
 def snapshot_files(store: LogStore) -> list[tuple[str, int | None]]:
@@ -86,10 +125,24 @@ class VerifyResult:
     duplicates_peer: list[str] = dataclasses.field(default_factory=list)
     local_entries: int = 0
     peer_entries: int = 0
+    expired_on_local: int = 0
+    expired_on_peer: int = 0
 
     @property
     def duplicates(self) -> list[str]:
         return sorted(set(self.duplicates_local) | set(self.duplicates_peer))
+
+    @property
+    def note(self) -> str:
+        """Plain words on what was compared; says so when one side expired what the other keeps."""
+        parts = []
+        if self.expired_on_local:
+            parts.append(f"{self.expired_on_local} older entries expired on {self.node} only")
+        if self.expired_on_peer:
+            parts.append(f"{self.expired_on_peer} older entries expired on {self.peer} only")
+        if parts:
+            return "compared over the retained window: " + "; ".join(parts)
+        return "compared both logs in full"
 
     @property
     def missing(self) -> dict[str, list[str]]:
@@ -99,11 +152,25 @@ class VerifyResult:
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out["duplicates"] = self.duplicates
+        out["note"] = self.note
         return out
 
 
-def compare(local: Iterator[int], peer: Iterator[int], origin: str, result: VerifyResult) -> None:
-    """Walk two seq streams of one origin (each ascending) and record differences by id."""
+def compare(
+    local: Iterator[int],
+    peer: Iterator[int],
+    origin: str,
+    result: VerifyResult,
+    *,
+    local_mark: int = 0,
+    peer_mark: int = 0,
+) -> None:
+    """Walk two seq streams of one origin (each ascending) and record differences by id.
+
+    An id one side lacks is *missing* there unless that side has expired it: it is below the
+    first seq that side still keeps (or, keeping none, at most the side's high-water mark
+    ``*_mark``, which survives rotation and expiry).
+    """
     sentinel = 1 << 62
 
     def ascending(seqs: Iterator[int], dups: list[str], counter: str) -> Iterator[int]:
@@ -119,12 +186,20 @@ def compare(local: Iterator[int], peer: Iterator[int], origin: str, result: Veri
     a = ascending(local, result.duplicates_local, "local_entries")
     b = ascending(peer, result.duplicates_peer, "peer_entries")
     x, y = next(a, sentinel), next(b, sentinel)
+    local_floor = x if x != sentinel else local_mark + 1
+    peer_floor = y if y != sentinel else peer_mark + 1
     while x != sentinel or y != sentinel:
         if x == y:
             x, y = next(a, sentinel), next(b, sentinel)
         elif x < y:
-            result.missing_on_peer.append(f"{origin}:{x}")
+            if x < peer_floor:
+                result.expired_on_peer += 1
+            else:
+                result.missing_on_peer.append(f"{origin}:{x}")
             x = next(a, sentinel)
         else:
-            result.missing_on_local.append(f"{origin}:{y}")
+            if y < local_floor:
+                result.expired_on_local += 1
+            else:
+                result.missing_on_local.append(f"{origin}:{y}")
             y = next(b, sentinel)

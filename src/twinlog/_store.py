@@ -13,16 +13,27 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from twinlog import _failpoints
 from twinlog._fileops import CACHE_FILE, LOG_FILE
 from twinlog.entry import parse_key
 
-__all__ = ["INDEX_FILE", "LogState", "LogStore", "Ops", "segment_name", "split_lines"]
+__all__ = [
+    "INDEX_FILE",
+    "SEGMENTS_FILE",
+    "LogState",
+    "LogStore",
+    "Ops",
+    "segment_name",
+    "split_lines",
+]
 
 INDEX_FILE = "twinlog.idx"
+SEGMENTS_FILE = "twinlog.segments"
 CHUNK = 1 << 20
 CHECKPOINT_EVERY = 1 << 20
 _TAIL_BYTES = 48
@@ -201,12 +212,108 @@ class LogStore:
 
     def segments(self) -> list[str]:
         """Rotated segments, oldest first (not the active log)."""
+        return [name for _, name in self._numbered_segments()]
+
+    def _numbered_segments(self) -> list[tuple[int, str]]:
         numbered = []
         for name in self.ops.listdir():
             m = _SEGMENT_RE.fullmatch(name)
             if m:
                 numbered.append((int(m.group(1)), name))
-        return [name for _, name in sorted(numbered)]
+        return sorted(numbered)
+
+    # -- rotation and retention (only ever on this node's own directory, under its lock) ----
+    def rotate(self) -> str | None:
+        """Make the active log an immutable segment and start an empty one.
+
+        Crash-safe in any order of its steps: the marks never depend on which file holds an
+        entry, and a missing or stale checkpoint falls back to reading the segments.
+        """
+        state = self.state
+        assert state is not None, "refresh() first"
+        if state.offset == 0:
+            return None
+        numbered = self._numbered_segments()
+        number = numbered[-1][0] + 1 if numbered else 1
+        name = segment_name(number)
+        self.ops.rename(LOG_FILE, name)
+        if _failpoints.ACTIVE:
+            _failpoints.hit("after_rotate_rename")
+        fresh = LogState(hwm=dict(state.hwm), max_ts=state.max_ts)
+        self.ops.replace(INDEX_FILE, self.checkpoint_bytes(fresh, fresh=True), True)
+        if _failpoints.ACTIVE:
+            _failpoints.hit("after_rotate_index")
+        manifest = self.read_manifest()
+        manifest[str(number)] = {
+            "hwm": dict(state.hwm),
+            "max_ts": state.max_ts,
+            "rotated_at": time.time(),
+        }
+        self._write_manifest(manifest)
+        self.ops.append(LOG_FILE, [], self.fsync)  # the new, empty active log
+        self.ops.fsync_dir()
+        st = self.ops.stat(LOG_FILE)
+        fresh.ino = st[1] if st else None
+        self.state = fresh
+        return name
+
+    def read_manifest(self) -> dict[str, dict[str, Any]]:
+        """What is known of each segment: its final marks and when it was rotated."""
+        raw = self.ops.read(SEGMENTS_FILE, 0, 1 << 24)
+        try:
+            data = json.loads(raw) if raw else {}
+        except ValueError:
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def _write_manifest(self, manifest: dict[str, dict[str, Any]]) -> None:
+        self.ops.replace(SEGMENTS_FILE, json.dumps(manifest, sort_keys=True).encode(), True)
+
+    def expire(
+        self,
+        *,
+        delivered_own_seq: int,
+        retain_segments: int | None,
+        retain_days: float | None,
+        now: float | None = None,
+    ) -> list[str]:
+        """Delete the oldest segments beyond the retention limits, oldest first, stopping at the
+        first one that still holds an own entry the peer has not received
+        (``delivered_own_seq`` is the peer log's mark for this node). Never the active log."""
+        if retain_segments is None and retain_days is None:
+            return []
+        now = time.time() if now is None else now
+        numbered = self._numbered_segments()
+        manifest = self.read_manifest()
+        deleted: list[str] = []
+        for index, (number, name) in enumerate(numbered):
+            newer = len(numbered) - index - 1
+            info = manifest.get(str(number)) or self._describe_segment(name)
+            too_many = retain_segments is not None and newer >= retain_segments
+            too_old = retain_days is not None and now - float(info["rotated_at"]) > (
+                retain_days * 86400
+            )
+            if not (too_many or too_old):
+                break
+            if int(info["hwm"].get(self.node, 0)) > delivered_own_seq:
+                break  # the peer still needs something in here
+            self.ops.unlink(name)
+            manifest.pop(str(number), None)
+            deleted.append(name)
+        if deleted:
+            self._write_manifest(manifest)
+        return deleted
+
+    def _describe_segment(self, name: str) -> dict[str, Any]:
+        """Manifest data for a segment rotated by a crashed rotation: read it."""
+        state = LogState()
+        self._scan_into(state, name)
+        st = self.ops.stat(name)
+        return {
+            "hwm": state.hwm,
+            "max_ts": state.max_ts,
+            "rotated_at": time.time() if st is None else 0,
+        }
 
     # -- appending ------------------------------------------------------------------------
     def append_lines(self, lines: list[bytes], *, one_write_per_line: bool) -> None:
