@@ -154,9 +154,14 @@ class DirOps:
         its size before the call (best effort), so a failed append leaves no partial line, and
         the error is raised: errors at write, fsync or close all mean "not durable".
         """
-        fd = os.open(
-            name, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640, dir_fd=self.dir_fd
-        )
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC
+        try:
+            # Without O_CREAT when the file exists: creating takes the directory's lock
+            # exclusively, and a process queued on that lock behind a call stuck on a dead NFS
+            # server cannot even be killed.
+            fd = os.open(name, flags, dir_fd=self.dir_fd)
+        except FileNotFoundError:
+            fd = os.open(name, flags | os.O_CREAT, 0o640, dir_fd=self.dir_fd)
         start = os.fstat(fd).st_size
         try:
             for chunk in chunks:
