@@ -16,6 +16,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import tempfile
 import tomllib
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -23,7 +24,14 @@ from typing import Any
 
 import pytest
 
-if shutil.which("ansible-playbook") is None:
+
+def tool(name: str) -> str | None:
+    """An executable beside this Python (an unactivated virtualenv), else on PATH."""
+    beside = Path(sys.executable).parent / name
+    return str(beside) if os.access(beside, os.X_OK) else shutil.which(name)
+
+
+if tool("ansible-playbook") is None:
     pytest.skip(
         "ansible is not installed (pip install ansible ansible-lint)", allow_module_level=True
     )
@@ -41,6 +49,7 @@ RECAP_LINE = re.compile(r"^(?P<host>\S+)\s+:\s+(?P<counts>(?:\w+=\d+\s*)+)$", re
 
 def ansible_env(tmp: Path, *, callback: str = "ansible.builtin.default") -> dict[str, str]:
     env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', os.defpath)}"
     env.update(
         ANSIBLE_ROLES_PATH=str(ANSIBLE_DIR / "roles"),
         ANSIBLE_STDOUT_CALLBACK=callback,
@@ -50,6 +59,7 @@ def ansible_env(tmp: Path, *, callback: str = "ansible.builtin.default") -> dict
         ANSIBLE_REMOTE_TEMP=str(tmp / "ansible-remote"),
         ANSIBLE_PYTHON_INTERPRETER=sys.executable,
         ANSIBLE_DEPRECATION_WARNINGS="0",
+        ANSIBLE_PIPELINING="1",
     )
     return env
 
@@ -60,8 +70,9 @@ def run(
     *,
     check: bool = True,
 ) -> subprocess.CompletedProcess[str]:
+    args = [os.fspath(a) for a in argv]
     proc = subprocess.run(
-        [os.fspath(a) for a in argv],
+        args,
         env=env,
         cwd=REPO,
         capture_output=True,
@@ -71,7 +82,7 @@ def run(
     )
     if check and proc.returncode != 0:
         pytest.fail(
-            f"{' '.join(map(os.fspath, argv))} exited {proc.returncode}\n"
+            f"{' '.join(args)} exited {proc.returncode}\n"
             f"--- stdout (tail)\n{proc.stdout[-6000:]}\n--- stderr (tail)\n{proc.stderr[-3000:]}"
         )
     return proc
@@ -101,7 +112,7 @@ def changed_tasks(stdout: str) -> list[str]:
 
 
 def test_ansible_lint_production_profile(tmp_path: Path) -> None:
-    if shutil.which("ansible-lint") is None:
+    if tool("ansible-lint") is None:
         pytest.skip("ansible-lint is not installed (pip install ansible-lint)")
     proc = run(
         [
@@ -135,13 +146,18 @@ def test_site_syntax(tmp_path: Path, inventory: Path) -> None:
 # -- inventory: every host gets the other host of its pair as peer ------------------------------
 
 
-def inventory_pairs(inventory: Path, env: Mapping[str, str]) -> dict[str, Any]:
-    listing = json.loads(run(["ansible-inventory", "-i", inventory, "--list"], env).stdout)
+def inventory_listing(inventory: Path, env: Mapping[str, str]) -> dict[str, Any]:
+    listing: dict[str, Any] = json.loads(
+        run(["ansible-inventory", "-i", inventory, "--list"], env).stdout
+    )
     return listing
 
 
-def derived_peers(inventory: Path, env: Mapping[str, str], *, check: bool = True) -> Any:
-    """Run the role's pair checks (tasks/peer.yml) locally for every host; return the JSON result."""
+def derived_peers(
+    inventory: Path, env: Mapping[str, str], *, check: bool = True
+) -> tuple[subprocess.CompletedProcess[str], Any]:
+    """Run the role's pair checks (tasks/peer.yml) for every host, connection local (nothing
+    is contacted); return the process and its JSON-callback result."""
     proc = run(
         [
             "ansible-playbook",
@@ -161,7 +177,7 @@ def peer_messages(result: Any) -> dict[str, dict[str, str]]:
     messages: dict[str, dict[str, str]] = {}
     for play in result["plays"]:
         for task in play["tasks"]:
-            if task["task"]["name"] == "Show the peer":
+            if task["task"]["name"].endswith("Show the peer"):
                 for host, res in task["hosts"].items():
                     messages[host] = res["msg"]
     return messages
@@ -172,7 +188,7 @@ def peer_messages(result: Any) -> dict[str, dict[str, str]]:
 )
 def test_every_host_gets_the_other_host_of_its_pair(tmp_path: Path, inventory: Path) -> None:
     env = ansible_env(tmp_path, callback="ansible.builtin.json")
-    listing = inventory_pairs(inventory, env)
+    listing = inventory_listing(inventory, env)
     hostvars = listing["_meta"]["hostvars"]
     pairs = {g: listing[g]["hosts"] for g in listing["twinlog"]["children"]}
     assert pairs, "the inventory defines no pair under the group twinlog"
@@ -223,43 +239,50 @@ def test_hosts_outside_a_proper_pair_are_refused(tmp_path: Path) -> None:
 # -- a real run of the role against this machine -------------------------------------------------
 
 
+def build_wheelhouse(house: Path, tmp: Path) -> subprocess.CompletedProcess[str]:
+    """Build the wheelhouse from this checkout with the role's own build tasks."""
+    playbook: list[str | os.PathLike[str]] = ["ansible-playbook", HERE / "build.yml"]
+    extra = ["-e", f"twinlog_wheelhouse={house}", "-e", f"twinlog_source_dir={REPO}"]
+    return run([*playbook, *extra], ansible_env(tmp))
+
+
 @pytest.fixture(scope="session")
 def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The wheelhouse built from this checkout by the role's own build tasks, once per session."""
+    """Built once per session and shared by the runs of the role."""
     tmp = tmp_path_factory.mktemp("wheelhouse")
     house = tmp / "wheels"
-    build = [
-        "ansible-playbook",
-        "-i",
-        "localhost,",
-        "-e",
-        f"twinlog_wheelhouse={house}",
-        "-e",
-        f"twinlog_source_dir={REPO}",
-        HERE / "build.yml",
-    ]
-    run(build, ansible_env(tmp))
+    build_wheelhouse(house, tmp)
     return house
 
 
 def test_wheelhouse_build_is_reproducible(wheelhouse: Path, tmp_path: Path) -> None:
     names = sorted(p.name for p in wheelhouse.glob("*.whl"))
     assert any(n.startswith("twinlog-") for n in names), names
-    proc = run(
-        [
-            "ansible-playbook",
-            "-i",
-            "localhost,",
-            "-e",
-            f"twinlog_wheelhouse={wheelhouse}",
-            "-e",
-            f"twinlog_source_dir={REPO}",
-            HERE / "build.yml",
-        ],
-        ansible_env(tmp_path),
-    )
+    proc = build_wheelhouse(wheelhouse, tmp_path)
     assert recap(proc.stdout)["localhost"]["changed"] == 0, changed_tasks(proc.stdout)
     assert sorted(p.name for p in wheelhouse.glob("*.whl")) == names
+
+
+def world_reachable(path: Path) -> bool:
+    """Whether any user may reach (x on every parent) and run this file."""
+    path = path.resolve()
+    return all(p.stat().st_mode & 0o001 for p in path.parents) and bool(path.stat().st_mode & 0o001)
+
+
+def node_python() -> str | None:
+    """A Python >= 3.11 with venv that the service user may run (not one under /root)."""
+    for candidate in ("/usr/bin/python3", sys.executable):
+        path = Path(candidate)
+        if not path.exists() or not world_reachable(path):
+            continue
+        probe = subprocess.run(
+            [candidate, "-c", "import sys, venv, ensurepip; assert sys.version_info >= (3, 11)"],
+            capture_output=True,
+            check=False,
+        )
+        if probe.returncode == 0:
+            return candidate
+    return None
 
 
 def can_unshare() -> bool:
@@ -271,7 +294,8 @@ def can_unshare() -> bool:
 class Node:
     """A scratch node: twinlog_root, a private copy of /etc, and the inventory to run against."""
 
-    def __init__(self, tmp: Path, wheelhouse: Path) -> None:
+    def __init__(self, tmp: Path, wheelhouse: Path, python: str) -> None:
+        self.after_check: dict[str, object] = {}
         self.tmp = tmp
         self.root = tmp / "root"
         self.etc = tmp / "etc"
@@ -283,7 +307,7 @@ class Node:
             "ansible_python_interpreter": sys.executable,
             "ansible_become": False,
             "twinlog_root": str(self.root),
-            "twinlog_python": sys.executable,
+            "twinlog_python": python,
             "twinlog_wheelhouse": str(wheelhouse),
             "twinlog_build_wheelhouse": False,
             "twinlog_manage_packages": False,
@@ -360,25 +384,43 @@ def deployed(
     """Check mode on a fresh node, two real runs, then check mode again."""
     if not can_unshare():
         pytest.skip("the real run needs root and mount namespaces (unshare --mount)")
-    watched = ["/etc/passwd", "/etc/group", "/etc/twinlog", "/etc/exports.d", "/opt/twinlog",
-               "/var/lib/twinlog", "/etc/systemd/system"]
-    before = snapshot(watched)
-    node = Node(tmp_path_factory.mktemp("node"), wheelhouse)
-    runs = [
-        node.playbook("--check", "--diff"),
-        node.playbook(),
-        node.playbook(),
-        node.playbook("--check", "--diff"),
+    watched = [
+        "/etc/passwd",
+        "/etc/group",
+        "/etc/twinlog",
+        "/etc/exports.d",
+        "/opt/twinlog",
+        "/var/lib/twinlog",
+        "/etc/systemd/system",
     ]
-    yield node, runs
+    before = snapshot(watched)
+    python = node_python()
+    if python is None:
+        pytest.skip("no Python >= 3.11 with venv that an unprivileged user may run")
+    # Not under pytest's 0700 temp: the service user must reach its files, as on a node.
+    tmp = Path(tempfile.mkdtemp(prefix="twinlog-ansible-"))
+    tmp.chmod(0o755)
+    try:
+        node = Node(tmp, wheelhouse, python)
+        runs = [node.playbook("--check", "--diff")]
+        node.after_check = snapshot([str(node.etc / "passwd"), str(node.root)])
+        runs += [node.playbook(), node.playbook(), node.playbook("--check", "--diff")]
+        yield node, runs
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     assert snapshot(watched) == before, "the runs changed the machine outside the test area"
 
 
-def test_check_mode_on_a_fresh_node_changes_nothing(deployed: tuple[Node, list[Any]]) -> None:
+def test_check_mode_on_a_fresh_node_reports_changes_and_makes_none(
+    deployed: tuple[Node, list[Any]],
+) -> None:
     node, runs = deployed
     assert recap(runs[0].stdout)["node-a"]["changed"] > 0
-    # The first real run found the node as check mode left it: untouched.
-    assert recap(runs[1].stdout)["node-a"]["changed"] > 0
+    assert "--- before" in runs[0].stdout  # --diff shows what would change
+    assert node.after_check == {
+        str(node.etc / "passwd"): Path("/etc/passwd").read_bytes(),
+        str(node.root): [],
+    }
 
 
 def test_second_run_changes_nothing(deployed: tuple[Node, list[Any]]) -> None:
@@ -489,5 +531,3 @@ def test_exports_and_nfs_lease(deployed: tuple[Node, list[Any]]) -> None:
     ]
     nfs_conf = node.path("/etc/nfs.conf.d/twinlog.conf").read_text()
     assert "[nfsd]\nlease-time = 10\ngrace-time = 10\n" in nfs_conf
-
-
