@@ -585,11 +585,13 @@ def status_summary(info: dict[str, Any]) -> str:
 def status_details(info: dict[str, Any]) -> list[str]:
     node, peer = info["node"], info["peer"]
     cache = info["cache_entries"]
-    reach = "reachable" if info["peer_reachable"] else "NOT reachable"
+    if info["peer_reachable"]:
+        reach = "reachable"
+    else:
+        reach = f"NOT reachable: {_reason_text(info['peer_reason'], info['peer_reason_text'])}"
     lines = [
         f"node:              {node}",
-        f"peer:              {peer} ({reach}: "
-        f"{_reason_text(info['peer_reason'], info['peer_reason_text'])})",
+        f"peer:              {peer} ({reach})",
         f"local cache:       {_plural(cache['local'], 'entry')} waiting for {peer}",
         "peer cache:        "
         + (
