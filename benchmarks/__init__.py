@@ -1,0 +1,36 @@
+"""twinlog benchmarks: ``python -m benchmarks`` measures twinlog against raw baselines.
+
+Every row runs twinlog and its baseline in the same run, on the same directories of the same
+file system (a pair of temporary directories cross bind-mounted, as in ``tests/pairlib.py``).
+See docs/benchmarks.md for the table, the machine and the exact command.
+"""
+
+from __future__ import annotations
+
+__all__ = ["ROW_KEYS"]
+
+#: The key of every row one run prints, in order (the smoke test checks them all).
+ROW_KEYS = (
+    "single.peer_up.p50",
+    "single.peer_up.p99",
+    "single.peer_down.p50",
+    "single.peer_down.p99",
+    "concurrent.one_node.1",
+    "concurrent.one_node.2",
+    "concurrent.one_node.4",
+    "concurrent.one_node.8",
+    "concurrent.both_nodes.1",
+    "concurrent.both_nodes.2",
+    "concurrent.both_nodes.4",
+    "concurrent.both_nodes.8",
+    "concurrent.threads.8",
+    "drain.time",
+    "drain.rss",
+    "read.time",
+    "read.rss",
+    "verify.time",
+    "verify.rss",
+    "probe.cost",
+    "probe.hung",
+    "probe.recover",
+)

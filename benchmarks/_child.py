@@ -1,0 +1,139 @@
+"""Child processes of the benchmarks: ``python -m benchmarks._child TASK ARGS_JSON``.
+
+Each task prints one JSON object as its last line. Peak memory is the child's own
+``ru_maxrss`` and, after the TwinLog is closed (its peer worker waited for), that of its children:
+the peer worker is where peer reads and appends happen.
+
+``writer`` serves timed runs: it opens its TwinLog, writes one entry, prints ``ready``, then for
+each line ``START END`` (``time.monotonic()`` values, system-wide on Linux) read from stdin writes
+from START until END and prints how many writes completed in that window; an empty line or EOF
+ends it.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import threading
+import time
+from typing import Any
+
+from twinlog import Config, TwinLog
+
+__all__ = ["main"]
+
+
+def _rss_mb() -> dict[str, float]:
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    return {"rss_mb": own, "worker_rss_mb": children}
+
+
+def _writer(args: dict[str, Any]) -> dict[str, Any]:
+    config = Config.from_mapping(args["config"])
+    msg: str = args["msg"]
+    threads: int = args.get("threads", 1)
+    with TwinLog(config) as log:
+        log.write(msg, warmup=True)  # starts the peer worker outside the timed window
+        print("ready", flush=True)
+        for command in sys.stdin:
+            if not command.strip():
+                break
+            start, end = (float(x) for x in command.split())
+            print(json.dumps(_timed_writes(log, msg, threads, start, end)), flush=True)
+    return {"done": True}
+
+
+def _timed_writes(log: TwinLog, msg: str, threads: int, start: float, end: float) -> dict[str, Any]:
+    counts = [0] * threads
+    latencies: list[list[float]] = [[] for _ in range(threads)]
+
+    def loop(index: int) -> None:
+        time.sleep(max(0.0, start - time.monotonic()))
+        lat = latencies[index]
+        while True:
+            t0 = time.monotonic()
+            if t0 >= end:
+                return
+            log.write(msg, writer=index)
+            t1 = time.monotonic()
+            if t1 <= end:
+                counts[index] += 1
+                lat.append(t1 - t0)
+
+    workers = [threading.Thread(target=loop, args=(i,)) for i in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    all_lat = sorted(x for lat in latencies for x in lat)
+    p50 = all_lat[len(all_lat) // 2] if all_lat else float("nan")
+    stats = log.peer_worker_stats()
+    return {
+        "count": sum(counts),
+        "p50": p50,
+        "reason": log.last_reason,
+        "spawned": stats["spawned"],
+        "killed": stats["killed"],
+    }
+
+
+def _drain(args: dict[str, Any]) -> dict[str, Any]:
+    config = Config.from_mapping(args["config"])
+    start_rss = _rss_mb()["rss_mb"]
+    t0 = time.perf_counter()
+    with TwinLog(config) as log:
+        # Start the peer worker first, as a running writer would have it: not part of the drain.
+        log._remote.call("stat", "twinlog.node", timeout=30)
+        t1 = time.perf_counter()
+        result = log.reconcile()
+        t2 = time.perf_counter()
+    return {
+        "open_s": t1 - t0,
+        "reconcile_s": t2 - t1,
+        "pushed": result.pushed,
+        "reason": result.reason,
+        "start_rss_mb": start_rss,
+        **_rss_mb(),
+    }
+
+
+def _read(args: dict[str, Any]) -> dict[str, Any]:
+    config = Config.from_mapping(args["config"])
+    start_rss = _rss_mb()["rss_mb"]
+    with TwinLog(config) as log:
+        t0 = time.perf_counter()
+        count = sum(1 for _ in log.read())
+        elapsed = time.perf_counter() - t0
+    return {"seconds": elapsed, "entries": count, "start_rss_mb": start_rss, **_rss_mb()}
+
+
+def _verify(args: dict[str, Any]) -> dict[str, Any]:
+    config = Config.from_mapping(args["config"])
+    start_rss = _rss_mb()["rss_mb"]
+    with TwinLog(config) as log:
+        t0 = time.perf_counter()
+        result = log.verify()
+        elapsed = time.perf_counter() - t0
+    return {
+        "seconds": elapsed,
+        "in_sync": result.in_sync,
+        "entries": result.local_entries,
+        "reason": result.reason,
+        "start_rss_mb": start_rss,
+        **_rss_mb(),
+    }
+
+
+_TASKS = {"writer": _writer, "drain": _drain, "read": _read, "verify": _verify}
+
+
+def main() -> None:
+    task, raw = sys.argv[1], sys.argv[2]
+    result = _TASKS[task](json.loads(raw))
+    print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()
