@@ -1,0 +1,310 @@
+"""The two-VM lab as one Python object: boot, run commands, inject faults, tear down."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shlex
+import socket
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from types import TracebackType
+
+from twinlab import vm
+from twinlab.image import Image, Recipe, ensure_image
+from twinlab.monitor import monitor_command
+from twinlab.paths import RUN_DIR
+from twinlab.ssh import SshTarget, stop_master
+from twinlab.vm import NODES, Node, Ports, VmFiles
+
+BOOT_TIMEOUT = 420.0
+STATE_FILE = "state.json"
+INVENTORY_FILE = "inventory.ini"
+
+
+def node_named(name: str) -> Node:
+    """twin-a, a or A -> the node."""
+    wanted = name if name.startswith("twin-") else f"twin-{name.lower()}"
+    for node in NODES:
+        if node.name == wanted:
+            return node
+    raise KeyError(f"no lab node {name!r} (known: {', '.join(n.name for n in NODES)})")
+
+
+class Lab:
+    """Two Debian VMs, twin-a and twin-b, linked by 192.168.77.0/24.
+
+    Use as a context manager (torn down on exit, even on errors and Ctrl-C), or `up()` now and
+    `Lab.attach()` / `Lab.cleanup()` from a later process.
+    """
+
+    def __init__(self, run_dir: Path = RUN_DIR, recipe: Recipe | None = None) -> None:
+        self.run_dir = run_dir
+        self.recipe = recipe or Recipe()
+        self.image: Image | None = None
+        self.ports: dict[str, Ports] = {}
+        self.pids: dict[str, int] = {}
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def __enter__(self) -> Lab:
+        try:
+            self.up()
+        except BaseException:
+            self.down()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.down()
+
+    def up(self) -> None:
+        """Build the image if needed, boot both VMs in parallel, wait for ssh on both."""
+        left = Lab.cleanup(self.run_dir)
+        if left:
+            _log(f"cleaned leftovers of an earlier run: {', '.join(left)}")
+        self.image = ensure_image(self.recipe)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._allocate_ports()
+        started = time.monotonic()
+        for node in NODES:
+            vm.create_overlay(self.image, self.files(node.name))
+            self._start(node)
+        self._save_state()
+        with ThreadPoolExecutor(len(NODES)) as pool:
+            list(pool.map(self._wait_ready, NODES))
+        self.write_inventory()
+        _log(f"both VMs up in {time.monotonic() - started:.0f} s")
+
+    def down(self) -> None:
+        for node in NODES:
+            self._stop(node)
+        Lab.cleanup(self.run_dir)
+        self.pids.clear()
+
+    @classmethod
+    def attach(cls, run_dir: Path = RUN_DIR) -> Lab:
+        """The lab that `up` left running in run_dir."""
+        state_path = run_dir / STATE_FILE
+        if not state_path.exists():
+            raise RuntimeError(f"no lab running (no {state_path}); run `lab.py up` first")
+        state = json.loads(state_path.read_text())
+        lab = cls(run_dir)
+        lab.image = Image(Path(state["image"]))
+        lab.ports = {name: Ports(**ports) for name, ports in state["ports"].items()}
+        lab.pids = {name: int(pid) for name, pid in state["pids"].items()}
+        return lab
+
+    @staticmethod
+    def cleanup(run_dir: Path = RUN_DIR) -> list[str]:
+        """Stop VMs and ssh masters left in run_dir (by pid) and remove their files."""
+        cleaned: list[str] = []
+        for node in NODES:
+            files = VmFiles(run_dir, node.name)
+            stop_master(files.ssh_control)
+            pid = _read_pid(files.pidfile)
+            if pid is not None and vm.is_ours(pid, files):
+                vm.stop(pid, files)
+                cleaned.append(f"{node.name} (pid {pid})")
+            for path in files.transient():
+                path.unlink(missing_ok=True)
+        (run_dir / STATE_FILE).unlink(missing_ok=True)
+        (run_dir / INVENTORY_FILE).unlink(missing_ok=True)
+        return cleaned
+
+    # -- commands ------------------------------------------------------------------------------
+
+    def files(self, node: str) -> VmFiles:
+        return VmFiles(self.run_dir, node_named(node).name)
+
+    def target(self, node: str) -> SshTarget:
+        name = node_named(node).name
+        return SshTarget(self.ports[name].ssh, self._image().key, self.files(name).ssh_control)
+
+    def ssh(
+        self,
+        node: str,
+        cmd: str,
+        *,
+        check: bool = True,
+        timeout: float = 120.0,
+        input: str | None = None,
+    ) -> subprocess.CompletedProcess[str]:
+        """Run a shell command on a node as root; output captured as text."""
+        result = subprocess.run(
+            [*self.target(node).base(), cmd],
+            input=input,
+            stdin=None if input is not None else subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        if check and result.returncode != 0:
+            raise RuntimeError(
+                f"{node}: `{cmd}` exited {result.returncode}: "
+                f"{(result.stderr or result.stdout).strip()}"
+            )
+        return result
+
+    def spawn(self, node: str, cmd: str) -> subprocess.Popen[str]:
+        """Start a command on a node in the background; its stdin/stdout are pipes.
+
+        Closing stdin sends EOF to the remote command. The caller must wait() for it.
+        """
+        return subprocess.Popen(
+            [*self.target(node).base(), cmd],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
+        )
+
+    def put(self, node: str, src: Path, dst: str, mode: str = "0755") -> None:
+        quoted = shlex.quote(dst)
+        self.ssh(node, f"cat > {quoted} && chmod {mode} {quoted}", input=src.read_text())
+
+    def monitor(self, node: str, command: str) -> str:
+        return monitor_command(self.files(node).monitor, command)
+
+    # -- faults --------------------------------------------------------------------------------
+
+    def link(self, up: bool, node: str | None = None) -> None:
+        """Cut or restore the peer link (both NICs unless a node is named), silently."""
+        names = [node_named(node).name] if node else [n.name for n in NODES]
+        for name in names:
+            self.monitor(name, f"set_link link {'on' if up else 'off'}")
+
+    def freeze(self, node: str) -> None:
+        self.monitor(node, "stop")
+
+    def thaw(self, node: str) -> None:
+        self.monitor(node, "cont")
+
+    def kill(self, node: str) -> None:
+        """Power the VM off at once (qemu `quit`): a dead peer. Its disk is kept for boot()."""
+        target = node_named(node)
+        files = self.files(target.name)
+        pid = self.pids.pop(target.name, None)
+        with contextlib.suppress(OSError):
+            self.monitor(target.name, "quit")
+        if pid is not None and not vm.wait_gone(pid, files, 10.0):
+            vm.stop(pid, files)
+        stop_master(files.ssh_control)
+        self._save_state()
+
+    def boot(self, node: str, wait: bool = True) -> None:
+        """Start a killed VM again from its own disk (a reboot after a crash)."""
+        target = node_named(node)
+        if target.name in self.pids:
+            raise RuntimeError(f"{target.name} is running; kill() it first")
+        self._start(target)
+        self._save_state()
+        if wait:
+            self._wait_ready(target)
+
+    # -- inventory -----------------------------------------------------------------------------
+
+    def write_inventory(self) -> Path:
+        """An Ansible inventory for the two VMs (reached on 127.0.0.1 through forwards)."""
+        path = self.run_dir / INVENTORY_FILE
+        lines = ["[twinlog]"]
+        for node in NODES:
+            peer = next(n for n in NODES if n != node)
+            lines.append(
+                f"{node.name} ansible_host=127.0.0.1 ansible_port={self.ports[node.name].ssh} "
+                f"link_addr={node.link_addr} peer_name={peer.name} peer_addr={peer.link_addr}"
+            )
+        lines += [
+            "",
+            "[twinlog:vars]",
+            "ansible_user=root",
+            f"ansible_ssh_private_key_file={self._image().key}",
+            "ansible_ssh_common_args='-o StrictHostKeyChecking=no "
+            "-o UserKnownHostsFile=/dev/null -o IdentitiesOnly=yes'",
+            "ansible_python_interpreter=/usr/bin/python3",
+            "",
+        ]
+        path.write_text("\n".join(lines))
+        return path
+
+    # -- internals -----------------------------------------------------------------------------
+
+    def _image(self) -> Image:
+        if self.image is None:
+            raise RuntimeError("the lab is not up")
+        return self.image
+
+    def _allocate_ports(self) -> None:
+        udp = {node.name: vm.free_port(socket.SOCK_DGRAM) for node in NODES}
+        a, b = (node.name for node in NODES)
+        peer = {a: b, b: a}
+        self.ports = {
+            name: Ports(
+                ssh=vm.free_port(socket.SOCK_STREAM),
+                link_local=udp[name],
+                link_peer=udp[peer[name]],
+            )
+            for name in udp
+        }
+
+    def _start(self, node: Node) -> None:
+        self.pids[node.name] = vm.start(
+            node, self.ports[node.name], self._image(), self.files(node.name)
+        )
+
+    def _stop(self, node: Node) -> None:
+        files = self.files(node.name)
+        stop_master(files.ssh_control)
+        pid = self.pids.pop(node.name, None)
+        if pid is not None:
+            vm.stop(pid, files)
+
+    def _wait_ready(self, node: Node) -> None:
+        target = self.target(node.name)
+        files = self.files(node.name)
+        deadline = time.monotonic() + BOOT_TIMEOUT
+        while not target.reachable():
+            pid = self.pids.get(node.name)
+            if pid is None or not vm.is_ours(pid, files):
+                raise RuntimeError(f"{node.name} died while booting:\n{_tail(files.console)}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"no ssh to {node.name} after {BOOT_TIMEOUT:.0f} s:\n{_tail(files.console)}"
+                )
+            time.sleep(2)
+        target.start_master()
+
+    def _save_state(self) -> None:
+        state = {
+            "image": str(self._image().directory),
+            "ports": {name: vars(ports) for name, ports in self.ports.items()},
+            "pids": self.pids,
+        }
+        (self.run_dir / STATE_FILE).write_text(json.dumps(state, indent=2))
+
+
+def _read_pid(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no console log)"
+
+
+def _log(message: str) -> None:
+    print(f"lab: {message}", flush=True)
