@@ -117,8 +117,24 @@ def test_crash_in_a_reconcile_then_reconcile_again(pair: Pair) -> None:
     assert_converged(pair, acked)
 
 
+def wait_for_acks(proc: subprocess.Popen[str], count: int, timeout: float = 60) -> list[str]:
+    """Read acknowledged ids from a writer until it has ``count`` (then it is left running)."""
+    assert proc.stdout is not None
+    acked: list[str] = []
+    deadline = time.monotonic() + timeout
+    while len(acked) < count and time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        acked.append(line.strip())
+    return acked
+
+
 def test_random_sigkill_of_writers_on_both_nodes(pair: Pair) -> None:
-    rng = random.Random(int(os.environ.get("TWINLOG_SEED", "1234")))
+    """Each round: cut or heal at random, start two writers per node, let each acknowledge a
+    random number of entries, then SIGKILL them at random moments (mid-write most likely)."""
+    seed = int(os.environ.get("TWINLOG_SEED", "1234"))
+    rng = random.Random(seed)
     acked: list[str] = []
     for round_ in range(6):
         if rng.random() < 0.4:
@@ -128,12 +144,13 @@ def test_random_sigkill_of_writers_on_both_nodes(pair: Pair) -> None:
         procs = [
             spawn(pair, node, 0, prefix=f"{node}{round_}{i}") for node in "ab" for i in range(2)
         ]
-        time.sleep(rng.uniform(1.0, 2.0))  # python start-up takes ~0.5 s of it
         for proc in procs:
-            time.sleep(rng.uniform(0, 0.05))
+            acked += wait_for_acks(proc, rng.randint(2, 12))
+        for proc in procs:
+            time.sleep(rng.uniform(0, 0.02))
             proc.send_signal(signal.SIGKILL)
         for proc in procs:
             acked += finish(proc)[1]
-    assert len(acked) > 50
+    assert len(acked) >= 6 * 4 * 2, f"seed {seed}"
     reconcile_both(pair)
     assert_converged(pair, acked)

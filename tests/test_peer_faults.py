@@ -52,18 +52,18 @@ def test_worker_hung_mid_append_is_bounded_and_exactly_once(pair: Pair) -> None:
     it is cached, and the next drain skips it if it did arrive."""
     a = pair.twin("a", probe_timeout=0.5, io_timeout=0.5)
     a.write("first")
-    real_append = a._peer.ops.append
+    real_append = a._peer_ops.append_and_release
 
     def append_then_hang(name: str, chunks: list[bytes], fsync: bool) -> int:
         real_append(name, chunks, fsync)  # lands on the peer...
         os.kill(worker_pid(a), signal.SIGSTOP)  # ...but the answer never comes back
         return a._peer_ops._call("stat", name)  # type: ignore[no-any-return]
 
-    a._peer.ops.append = append_then_hang  # type: ignore[method-assign]
+    a._peer_ops.append_and_release = append_then_hang  # type: ignore[method-assign]
     start = time.monotonic()
     a.write("lands but unacknowledged by the peer")
     assert time.monotonic() - start < 0.5 + 0.5 + 0.5
-    del a._peer.ops.append
+    del a._peer_ops.append_and_release
     assert a.last_reason != "ok"
     a.write("next")
     pair.twin("b").reconcile()

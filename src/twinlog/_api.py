@@ -185,6 +185,8 @@ class TwinLog:
         reason = self._precheck()
         peer_ok = reason is None
         held_local = held_peer = False
+        peer_tail: tuple[int, int, bytes] | None = None
+        peer_has_cache = False
         try:
             # One global lock order (by node name) so two nodes writing at once never deadlock.
             for side in sorted((cfg.node, cfg.peer)):
@@ -193,8 +195,11 @@ class TwinLog:
                     held_local = True
                 elif peer_ok:
                     try:
-                        self._peer_ops.connect(
-                            cfg.peer, self._local_ops.dev_ino(), cfg.probe_timeout
+                        peer_tail, peer_has_cache = self._peer_ops.connect_and_look(
+                            cfg.peer,
+                            self._local_ops.dev_ino(),
+                            cfg.probe_timeout,
+                            self._peer.read_offset,
                         )
                         held_peer = True
                     except PeerError as exc:
@@ -204,15 +209,16 @@ class TwinLog:
             self._refresh_local()
             if peer_ok:
                 try:
-                    peer.refresh(repair=True)
+                    peer.refresh(repair=True, prefetched=peer_tail)
                     result.pushed = self._drain_to_peer()
-                    result.pulled = self._drain_from_peer()
+                    result.pulled = self._drain_from_peer(peer_has_cache)
                 except PeerError as exc:
                     peer_ok, reason = False, exc.reason
             result.peer_reachable = peer_ok
             result.reason = "ok" if peer_ok else (reason or "io_error")
             if batch:
-                peer_ok = self._append_batch(batch, peer_ok)
+                peer_ok, released = self._append_batch(batch, peer_ok)
+                held_peer = held_peer and not released
                 if not peer_ok and result.peer_reachable:
                     result.peer_reachable, result.reason = False, "io_error"
             self._rotate_and_expire(result, peer_ok, force=rotate)
@@ -258,7 +264,7 @@ class TwinLog:
                 _failpoints.hit("after_local_cache_remove")
         return moved
 
-    def _drain_from_peer(self) -> int:
+    def _drain_from_peer(self, peer_has_cache: bool) -> int:
         """4B: the peer's cache (and anything it left undelivered) to the local log."""
         try:
             moved = transfer(self._peer, self._local, self.config.peer)
@@ -268,14 +274,15 @@ class TwinLog:
             raise StorageError(exc.errno, f"cannot append to the local log: {exc}") from exc
         if _failpoints.ACTIVE:
             _failpoints.hit("after_pull_append")
-        if self._peer.cache_exists():
+        if peer_has_cache:
             self._peer.remove_cache()
             if _failpoints.ACTIVE:
                 _failpoints.hit("after_peer_cache_remove")
         return moved
 
-    def _append_batch(self, batch: list[_Pending], peer_ok: bool) -> bool:
-        """Steps 5 and 6 (or 3): returns whether the batch reached the peer."""
+    def _append_batch(self, batch: list[_Pending], peer_ok: bool) -> tuple[bool, bool]:
+        """Steps 5 and 6 (or 3): whether the batch reached the peer, and whether that last peer
+        call also released the peer's lock (when nothing else needs it this round)."""
         cfg = self.config
         state = self._local.state
         assert state is not None
@@ -293,9 +300,15 @@ class TwinLog:
             ) from exc
         if _failpoints.ACTIVE:
             _failpoints.hit("after_local_append")
+        released = False
         if peer_ok:
+            # The peer's lock goes with the append unless a rotation may need the peer's marks.
+            release = self._local.state is not None and (
+                self._local.state.offset < cfg.rotate_bytes
+            )
             try:
-                self._peer.append_lines(lines, one_write_per_line=True)
+                self._peer.append_lines(lines, one_write_per_line=True, release=release)
+                released = release
                 if _failpoints.ACTIVE:
                     _failpoints.hit("after_peer_append")
             except PeerError:
@@ -318,7 +331,7 @@ class TwinLog:
                 msg=pending.msg,
                 fields=pending.fields,
             )
-        return peer_ok
+        return peer_ok, released
 
     def _rotate_and_expire(self, result: ReconcileResult, peer_ok: bool, *, force: bool) -> None:
         cfg = self.config

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from twinlog._fileops import CACHE_FILE, LOG_FILE
+from twinlog._store import CHUNK
 from twinlog._worker import RemoteDir
 from twinlog.exceptions import PeerError
 
@@ -31,14 +33,38 @@ class RemoteOps:
 
         The identity check must answer within ``probe_timeout``; the lock within ``io_timeout``.
         """
+        self.connect_and_look(expected_node, not_dev_ino, probe_timeout, None)
+
+    def connect_and_look(
+        self,
+        expected_node: str,
+        not_dev_ino: tuple[int, int],
+        probe_timeout: float,
+        log_offset: int | None,
+    ) -> tuple[tuple[int, int, bytes] | None, bool]:
+        """:meth:`connect`, then (in the same round trip) the log's new bytes from
+        ``log_offset`` and whether the peer has a cache. Skipped when ``log_offset`` is None."""
         self.remote.call("check_dir", expected_node, not_dev_ino, timeout=probe_timeout)
+        ops: list[tuple[str, tuple[Any, ...]]] = [("lock", (None,))]
+        if log_offset is not None:
+            ops += [("tail", (LOG_FILE, log_offset, CHUNK)), ("stat", (CACHE_FILE,))]
         try:
             # Waited for in the kernel like local waiters; the worker is killed if it overruns.
-            self.remote.call("lock", None, timeout=self.io_timeout)
+            results = self.remote.batch(ops, timeout=self.io_timeout)
         except PeerError as exc:
             if exc.reason == "timeout":
                 raise PeerError("busy", exc.detail) from None
             raise
+        if log_offset is None:
+            return None, False
+        return results[1], results[2] is not None
+
+    def append_and_release(self, name: str, chunks: list[bytes], fsync: bool) -> int:
+        """Append, then unlock, in one round trip (the write path's last peer call)."""
+        size, _ = self.remote.batch(
+            [("append", (name, chunks, fsync)), ("unlock", ())], timeout=self.io_timeout
+        )
+        return int(size)
 
     def release(self) -> None:
         """Unlock the peer; a dead or killed worker held nothing any more."""

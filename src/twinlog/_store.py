@@ -100,12 +100,24 @@ class LogStore:
         self.state: LogState | None = None
 
     # -- learning what the log holds ------------------------------------------------------
-    def refresh(self, *, repair: bool) -> LogState:
+    @property
+    def read_offset(self) -> int:
+        """Where the next :meth:`refresh` reads from (for a prefetched ``tail``)."""
+        return self.state.offset if self.state else 0
+
+    def refresh(
+        self, *, repair: bool, prefetched: tuple[int, int, bytes] | bool | None = False
+    ) -> LogState:
         """Bring :attr:`state` up to date with the file; cut a torn tail when ``repair``.
 
-        Only call with ``repair=True`` while holding the directory's lock.
+        ``prefetched`` is the result of ``ops.tail(LOG_FILE, read_offset, CHUNK)`` fetched
+        together with the lock (one round trip to the peer instead of two). Only call with
+        ``repair=True`` while holding the directory's lock.
         """
-        first = self.ops.tail(LOG_FILE, self.state.offset if self.state else 0, CHUNK)
+        if prefetched is False:
+            first = self.ops.tail(LOG_FILE, self.read_offset, CHUNK)
+        else:
+            first = prefetched  # type: ignore[assignment]
         state = self.state
         if state is None or first is None or first[1] != state.ino or first[0] < state.offset:
             state = self._load(first)
@@ -316,14 +328,22 @@ class LogStore:
         }
 
     # -- appending ------------------------------------------------------------------------
-    def append_lines(self, lines: list[bytes], *, one_write_per_line: bool) -> None:
-        """Append complete lines to the active log (fsync per config) and account for them."""
+    def append_lines(
+        self, lines: list[bytes], *, one_write_per_line: bool, release: bool = False
+    ) -> None:
+        """Append complete lines to the active log (fsync per config) and account for them.
+
+        ``release``: the same round trip also unlocks the directory (peer stores only).
+        """
         if not lines:
             return
         state = self.state
         assert state is not None, "refresh() first"
         chunks = lines if one_write_per_line else _pack(lines)
-        size = self.ops.append(LOG_FILE, chunks, self.fsync)
+        if release:
+            size = self.ops.append_and_release(LOG_FILE, chunks, self.fsync)  # type: ignore[attr-defined]
+        else:
+            size = self.ops.append(LOG_FILE, chunks, self.fsync)
         if state.ino is None:
             st = self.ops.stat(LOG_FILE)
             state.ino = st[1] if st else None

@@ -195,7 +195,8 @@ def _describe_error(exc: BaseException) -> str:
     else:  # pragma: no cover - main only passes the two kinds above
         text = str(exc)
     if isinstance(exc, OSError) and exc.errno in (errno.EACCES, errno.EPERM):
-        text += "; run as root or as a member of the log directory's group"
+        # Even reading opens the log's lock file for writing (TwinLog's constructor does).
+        text += "; twinlog needs write access to log_dir: run it as the directory's owner (root)"
     elif isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
         text += "; free some space on the log's filesystem"
     return text
@@ -309,13 +310,26 @@ def _fix_modes(log_dir: Path) -> list[tuple[Path, int, int]]:
         (path, FILE_MODE) for path in sorted(log_dir.iterdir()) if path.name.startswith("twinlog.")
     ]
     for path, mode in targets:
-        st = path.lstat()  # never follow a symlink planted in the directory
-        if path != log_dir and not stat.S_ISREG(st.st_mode):
-            continue
-        old = stat.S_IMODE(st.st_mode)
-        if old != mode:
-            os.chmod(path, mode)
-            changed.append((path, old, mode))
+        # O_NOFOLLOW: never change the mode of what a symlink planted in the directory points to.
+        flags = (
+            os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | (0 if path == log_dir else os.O_NOFOLLOW)
+        )
+        try:
+            fd = os.open(path, flags)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                continue
+            raise
+        try:
+            st = os.fstat(fd)
+            if path != log_dir and not stat.S_ISREG(st.st_mode):
+                continue
+            old = stat.S_IMODE(st.st_mode)
+            if old != mode:
+                os.fchmod(fd, mode)
+                changed.append((path, old, mode))
+        finally:
+            os.close(fd)
     return changed
 
 
@@ -375,7 +389,7 @@ def cmd_write(args: argparse.Namespace, con: Console) -> int:
         if log.last_reason != "ok":
             con.error(
                 f"note: peer {cfg.peer} not reachable ({_reason_text(log.last_reason)}); "
-                "the entry waits in the local cache and is delivered when the peer is back"
+                "the local cache keeps what it missed until the peer is back"
             )
     return status
 
