@@ -1,0 +1,810 @@
+"""A Jepsen-style history checker for twinlog on a FaultFS pair (issue 5).
+
+A run (:func:`run_history`) sets up two nodes ``a`` and ``b`` whose ``peer_dir`` is a FaultFS mount
+of the other node's ``log_dir``, starts writer processes on both nodes (``history_writer.py``,
+which record every acknowledged write with its start and end time), and lets a seeded *nemesis*
+flip each peer mount between normal, hang (everything or only some requests), EIO, ETIMEDOUT,
+slow, ENOSPC and unmounted, while it SIGKILLs writers at random moments and arms new writers
+with failpoints (``TWINLOG_FAILPOINTS``) so that every point in ``twinlog._failpoints.POINTS`` is
+hit. Then it heals everything, runs one ``reconcile()`` per node and checks (:func:`check_pair`):
+
+* every acknowledged entry is in each node's log (active log plus rotated segments) exactly once,
+  with the message its writer wrote; no entry at all is there twice;
+* no torn or unparsable line in any log file;
+* in every log, each origin's entries appear in sequence order without gaps; each writer's
+  acknowledged entries have increasing sequence numbers, and a write acknowledged before another
+  write on the same node started has the smaller sequence number (real-time order);
+* both logs hold the same entries, ``read()`` is identical on both nodes, ``verify().in_sync``;
+* an unmounted peer mount point never received a file (it is a plain local directory then).
+
+Everything random comes from one seed, printed at the start and stored in the report: the same
+seed replays the same schedule of faults, kills and failpoints (timing on a loaded machine still
+differs, so a failure found by a seed is likely, not certain, to come back with it).
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import itertools
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from faultfs import FaultFS, FaultFSError, Mode
+from pairlib import Pair
+from twinlog import Config, TwinLog
+from twinlog._failpoints import POINTS
+
+__all__ = [
+    "CheckResult",
+    "HistoryConfig",
+    "HistoryReport",
+    "Nemesis",
+    "WriteOp",
+    "check_pair",
+    "count_lock_wait_threads",
+    "count_workers",
+    "fault_pair",
+    "parse_writer_output",
+    "percentile",
+    "run_history",
+]
+
+WRITER = Path(__file__).with_name("history_writer.py")
+NODES = ("a", "b")
+WORKER_MARK = "twinlog._worker"
+
+Log = Callable[[str], None]
+_EVERY_WRITE = frozenset({"after_lock", "after_local_append", "after_push_append"})
+
+
+# -- the history ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WriteOp:
+    """One acknowledged ``write()``: which writer, which entry, when (CLOCK_MONOTONIC)."""
+
+    writer: str
+    node: str
+    id: str
+    i: int
+    start: float
+    end: float
+    lock_waits: int = 0
+
+    @property
+    def seq(self) -> int:
+        return int(self.id.rsplit(":", 1)[1])
+
+    @property
+    def msg(self) -> str:
+        return f"{self.writer}-{self.i}"
+
+    @property
+    def latency(self) -> float:
+        return self.end - self.start
+
+
+def parse_writer_output(writer: str, node: str, text: str) -> tuple[list[WriteOp], list[str]]:
+    """The acknowledged writes and the error lines of one ``history_writer.py`` run."""
+    acks: list[WriteOp] = []
+    errors: list[str] = []
+    for line in text.splitlines(keepends=True):
+        if not line.endswith("\n"):
+            continue  # never acknowledged as far as the history is concerned
+        parts = line.split()
+        if parts and parts[0] == "ack" and len(parts) == 6:
+            _, id_, i, start, end, waits = parts
+            acks.append(WriteOp(writer, node, id_, int(i), float(start), float(end), int(waits)))
+        elif parts and parts[0] == "err":
+            errors.append(f"{writer}: {line.strip()}")
+    return acks, errors
+
+
+def percentile(values: Iterable[float], pct: float) -> float:
+    """Nearest-rank percentile (0 for no values)."""
+    ordered = sorted(values)
+    if not ordered:
+        return 0.0
+    rank = max(1, min(len(ordered), int(-(-pct * len(ordered) // 100))))
+    return ordered[rank - 1]
+
+
+# -- the checker ------------------------------------------------------------------------------
+
+
+@dataclass
+class CheckResult:
+    """What :func:`check_pair` found; ``ok`` when ``problems`` is empty."""
+
+    acked: int = 0
+    entries: dict[str, int] = field(default_factory=dict)  # lines per node's log files
+    unacked_present: int = 0  # entries in the logs that no writer saw acknowledged
+    lost: dict[str, list[str]] = field(default_factory=dict)
+    duplicated: dict[str, list[str]] = field(default_factory=dict)
+    torn: dict[str, list[str]] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    @property
+    def lost_count(self) -> int:
+        return len({i for ids in self.lost.values() for i in ids})
+
+    @property
+    def duplicated_count(self) -> int:
+        return len({i for ids in self.duplicated.values() for i in ids})
+
+
+def log_files(log_dir: Path) -> list[Path]:
+    """Rotated segments oldest first, then the active log (those that exist)."""
+    segments = []
+    for path in log_dir.glob("twinlog.log.*"):
+        suffix = path.name.rsplit(".", 1)[1]
+        if suffix.isdigit():
+            segments.append((int(suffix), path))
+    files = [p for _, p in sorted(segments)]
+    active = log_dir / "twinlog.log"
+    if active.exists():
+        files.append(active)
+    return files
+
+
+@dataclass
+class _NodeLog:
+    ids: list[str] = field(default_factory=list)  # in file order
+    msgs: dict[str, str] = field(default_factory=dict)
+    torn: list[str] = field(default_factory=list)
+
+
+def _read_node_log(log_dir: Path) -> _NodeLog:
+    out = _NodeLog()
+    for path in log_files(log_dir):
+        data = path.read_bytes()
+        if data and not data.endswith(b"\n"):
+            out.torn.append(f"{path.name}: torn last line {data[-80:]!r}")
+        for number, raw in enumerate(data.splitlines(), 1):
+            try:
+                doc = json.loads(raw)
+                id_, node, seq, msg = doc["id"], doc["node"], doc["seq"], doc["msg"]
+                if id_ != f"{node}:{seq}":
+                    raise ValueError("id does not match node and seq")
+            except (ValueError, KeyError, TypeError) as exc:
+                out.torn.append(f"{path.name}:{number}: {exc}: {raw[:80]!r}")
+                continue
+            out.ids.append(id_)
+            out.msgs[id_] = msg
+    return out
+
+
+def _realtime_violations(ops: list[WriteOp]) -> list[str]:
+    """Writes of one node: if X was acknowledged before Y started, X must have the lower seq."""
+    by_end = sorted(ops, key=lambda op: op.end)
+    highest: WriteOp | None = None
+    found: list[str] = []
+    j = 0
+    for op in sorted(ops, key=lambda op: op.start):
+        while j < len(by_end) and by_end[j].end < op.start:
+            if highest is None or by_end[j].seq > highest.seq:
+                highest = by_end[j]
+            j += 1
+        if highest is not None and highest.seq >= op.seq:
+            found.append(f"{highest.id} (acked {highest.end:.3f}) before {op.id} ({op.start:.3f})")
+    return found
+
+
+def check_pair(pair: Pair, acks: list[WriteOp], configs: dict[str, Config]) -> CheckResult:
+    """Check the invariants of the module docstring on a healed, reconciled pair."""
+    result = CheckResult(acked=len(acks))
+    logs = {node: _read_node_log(pair.log_dir(node)) for node in NODES}
+    acked_ids = {op.id for op in acks}
+    if len(acked_ids) != len(acks):
+        twice = [i for i, n in collections.Counter(op.id for op in acks).items() if n > 1]
+        result.problems.append(f"the same id acknowledged twice: {twice[:10]}")
+    for node, log in logs.items():
+        result.entries[node] = len(log.ids)
+        counts = collections.Counter(log.ids)
+        result.lost[node] = sorted(acked_ids - set(counts))
+        result.duplicated[node] = sorted(i for i, n in counts.items() if n > 1)
+        result.torn[node] = log.torn
+        if result.lost[node]:
+            result.problems.append(
+                f"{len(result.lost[node])} acknowledged entries missing from {node}'s log: "
+                f"{result.lost[node][:10]}"
+            )
+        if result.duplicated[node]:
+            result.problems.append(
+                f"{len(result.duplicated[node])} entries more than once in {node}'s log: "
+                f"{result.duplicated[node][:10]}"
+            )
+        if log.torn:
+            result.problems.append(f"torn or bad lines in {node}'s log: {log.torn[:5]}")
+        for origin in NODES:
+            seqs = [int(i.rsplit(":", 1)[1]) for i in log.ids if i.startswith(origin + ":")]
+            if seqs != list(range(1, len(seqs) + 1)):
+                bad = next(
+                    (k for k, s in enumerate(seqs) if s != k + 1), len(seqs)
+                )  # first misplaced
+                result.problems.append(
+                    f"{origin}'s entries in {node}'s log out of order or gapped at position "
+                    f"{bad}: {seqs[max(0, bad - 3) : bad + 3]}"
+                )
+        wrong = [op.id for op in acks if op.id in log.msgs and log.msgs[op.id] != op.msg]
+        if wrong:
+            result.problems.append(f"{node}'s log has other messages for acked ids: {wrong[:10]}")
+    if set(logs["a"].ids) != set(logs["b"].ids):
+        only_a = sorted(set(logs["a"].ids) - set(logs["b"].ids))
+        only_b = sorted(set(logs["b"].ids) - set(logs["a"].ids))
+        result.problems.append(f"logs differ: only in a {only_a[:10]}, only in b {only_b[:10]}")
+    result.unacked_present = len(set(logs["a"].ids) - acked_ids)
+    by_writer: dict[str, list[WriteOp]] = collections.defaultdict(list)
+    by_node: dict[str, list[WriteOp]] = collections.defaultdict(list)
+    for op in acks:
+        by_writer[op.writer].append(op)
+        by_node[op.node].append(op)
+        if not op.id.startswith(op.node + ":"):
+            result.problems.append(f"writer {op.writer} on {op.node} got id {op.id}")
+    for writer, ops in by_writer.items():
+        seqs = [op.seq for op in ops]
+        if any(x >= y for x, y in itertools.pairwise(seqs)):
+            result.problems.append(f"writer {writer}'s acknowledged seqs not increasing")
+    for node, ops in by_node.items():
+        violations = _realtime_violations(ops)
+        if violations:
+            result.problems.append(
+                f"{len(violations)} real-time order violations on {node}: {violations[:3]}"
+            )
+    views: dict[str, list[dict[str, Any]]] = {}
+    for node in NODES:
+        with TwinLog(configs[node]) as twin:
+            views[node] = [e.to_dict() for e in twin.read()]
+            verdict = twin.verify()
+            if not verdict.in_sync:
+                result.problems.append(f"verify() on {node} is not in sync: {str(verdict)[:600]}")
+    if views["a"] != views["b"]:
+        first = next(
+            (k for k, (x, y) in enumerate(zip(views["a"], views["b"], strict=False)) if x != y),
+            min(len(views["a"]), len(views["b"])),
+        )
+        result.problems.append(
+            f"read() differs between a ({len(views['a'])}) and b ({len(views['b'])}) "
+            f"from position {first}"
+        )
+    for node in NODES:
+        if len(views[node]) != len(logs[node].ids):
+            result.problems.append(
+                f"read() on {node} gives {len(views[node])} entries, its log has "
+                f"{len(logs[node].ids)}"
+            )
+    return result
+
+
+# -- processes and threads --------------------------------------------------------------------
+
+
+def count_workers() -> int:
+    """Live (non-zombie) processes whose command line mentions ``twinlog._worker``."""
+    count = 0
+    for proc in psutil.process_iter(["cmdline", "status"]):
+        with contextlib.suppress(psutil.Error):
+            if proc.info["status"] == psutil.STATUS_ZOMBIE:
+                continue
+            if any(WORKER_MARK in arg for arg in proc.info["cmdline"] or ()):
+                count += 1
+    return count
+
+
+def count_lock_wait_threads() -> int:
+    """Threads of this process named ``twinlog-lock-wait``."""
+    return sum(1 for t in threading.enumerate() if t.name == "twinlog-lock-wait")
+
+
+def wait_for_no_workers(timeout: float) -> int:
+    deadline = time.monotonic() + timeout
+    while (left := count_workers()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return left
+
+
+# -- the pair on FaultFS ----------------------------------------------------------------------
+
+
+class Nemesis:
+    """The two FaultFS peer mounts of a pair: ``mounts[n]`` is node n's ``peer_dir``."""
+
+    def __init__(self, pair: Pair) -> None:
+        self.pair = pair
+        self.mounts: dict[str, FaultFS | None] = dict.fromkeys(NODES)
+        self.modes: dict[str, str] = dict.fromkeys(NODES, "unmounted")
+        self.faults: collections.Counter[str] = collections.Counter()
+        self.problems: list[str] = []
+
+    def mount(self, node: str) -> None:
+        if self.mounts[node] is not None:
+            return
+        mountpoint = self.pair.peer_dir(node)
+        leftovers = sorted(os.listdir(mountpoint)) if mountpoint.exists() else []
+        if leftovers:
+            self.problems.append(
+                f"files written into {node}'s unmounted peer mount point: {leftovers}"
+            )
+        fs = FaultFS(self.pair.log_dir(self.pair.other(node)), mountpoint)
+        fs.start()
+        self.mounts[node] = fs
+        self.modes[node] = "normal"
+
+    def unmount(self, node: str) -> None:
+        fs, self.mounts[node] = self.mounts[node], None
+        if fs is not None:
+            fs.stop(raise_errors=False)
+        self.modes[node] = "unmounted"
+
+    def set_mode(
+        self, node: str, mode: Mode, *, delay: float = 0.05, ops: Iterable[str] | None = None
+    ) -> None:
+        self.mount(node)
+        fs = self.mounts[node]
+        assert fs is not None
+        fs.set_mode(mode, delay, ops=None if ops is None else set(ops))
+        label = mode if ops is None else f"{mode}[{'+'.join(sorted(ops))}]"
+        self.modes[node] = label
+
+    def heal(self) -> None:
+        for node in NODES:
+            fs = self.mounts[node]
+            if fs is None:
+                self.mount(node)
+            else:
+                fs.release()
+                self.modes[node] = "normal"
+
+    def check_servers(self) -> None:
+        for node, fs in self.mounts.items():
+            if fs is not None and fs._proc is not None and fs._proc.poll() is not None:
+                self.problems.append(f"FaultFS server of {node} died: {fs.server_log()[-500:]}")
+                self.mounts[node] = None
+                with contextlib.suppress(FaultFSError):
+                    fs.stop(raise_errors=False)
+
+    def close(self) -> None:
+        for node in NODES:
+            self.unmount(node)
+
+
+@contextlib.contextmanager
+def fault_pair(root: Path, **options: Any) -> Iterator[tuple[Pair, Nemesis]]:
+    """A pair under ``root`` with both peer mounts on FaultFS (normal mode); always torn down."""
+    pair = Pair(root, options=dict(options))
+    for node in NODES:
+        TwinLog(pair.config(node, require_mount=False)).close()  # the identity markers
+    nemesis = Nemesis(pair)
+    try:
+        nemesis.heal()
+        yield pair, nemesis
+    finally:
+        nemesis.close()
+        pair.close()
+
+
+# -- writers ----------------------------------------------------------------------------------
+
+
+@dataclass
+class _Writer:
+    name: str
+    node: str
+    proc: subprocess.Popen[bytes]
+    out: Path
+    failpoint: str | None
+    started: float
+    killed: bool = False
+
+
+@dataclass
+class HistoryConfig:
+    """What a run does. Every random choice is drawn from ``seed``."""
+
+    seed: int
+    duration: float = 60.0
+    writers_per_node: int = 2
+    pace: float = 0.002  # seconds a writer sleeps between writes
+    step: tuple[float, float] = (0.2, 1.2)  # seconds between nemesis steps
+    max_hang: float = 4.0  # a hang longer than this is released (bounds lock holds)
+    arm_probability: float = 0.5  # a new writer gets a failpoint
+    armed_lifetime: float = 10.0  # an armed writer that never reached its point is then killed
+    cover_failpoints: bool = True  # after ``duration``, go on (<= coverage_grace) until all hit
+    coverage_grace: float = 60.0
+    probe_timeout: float = 0.3
+    io_timeout: float = 0.6
+    lock_timeout: float = 20.0
+    rotate_bytes: int = 8192
+
+
+@dataclass
+class HistoryReport:
+    """Everything a run did and found."""
+
+    seed: int
+    elapsed: float = 0.0
+    writes: int = 0
+    write_errors: list[str] = field(default_factory=list)
+    writers: int = 0
+    faults: collections.Counter[str] = field(default_factory=collections.Counter)
+    random_kills: int = 0
+    failpoint_crashes: collections.Counter[str] = field(default_factory=collections.Counter)
+    armed_not_reached: int = 0
+    writer_failures: list[str] = field(default_factory=list)
+    latencies: list[float] = field(default_factory=list)
+    max_workers: int = 0
+    max_lock_wait_threads: int = 0
+    workers_after_heal: int = 0
+    reconcile: dict[str, dict[str, Any]] = field(default_factory=dict)
+    check: CheckResult = field(default_factory=CheckResult)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.all_problems
+
+    @property
+    def all_problems(self) -> list[str]:
+        return self.problems + self.check.problems
+
+    @property
+    def uncovered_failpoints(self) -> list[str]:
+        return [p for p in POINTS if not self.failpoint_crashes[p]]
+
+    def latency_ms(self) -> dict[str, float]:
+        return {
+            name: 1000 * percentile(self.latencies, pct)
+            for name, pct in (("p50", 50), ("p90", 90), ("p99", 99), ("p99.9", 99.9))
+        } | {"max": 1000 * max(self.latencies, default=0.0)}
+
+    def summary(self) -> str:
+        lat = self.latency_ms()
+        return (
+            f"seed={self.seed} elapsed={self.elapsed:.0f}s writes={self.writes} "
+            f"writers={self.writers} faults={sum(self.faults.values())} "
+            f"kills={self.random_kills} failpoint_crashes={sum(self.failpoint_crashes.values())} "
+            f"lost={self.check.lost_count} duplicated={self.check.duplicated_count} "
+            f"p50={lat['p50']:.1f}ms p99={lat['p99']:.1f}ms max={lat['max']:.1f}ms "
+            f"problems={len(self.all_problems)}"
+        )
+
+    def to_markdown(self) -> str:
+        lat = self.latency_ms()
+        rows = [
+            ("seed", str(self.seed)),
+            ("run time", f"{self.elapsed:.0f} s"),
+            ("acknowledged writes", str(self.writes)),
+            ("entries in each log", ", ".join(f"{n}: {c}" for n, c in self.check.entries.items())),
+            ("entries present but never acknowledged", str(self.check.unacked_present)),
+            ("**lost**", str(self.check.lost_count)),
+            ("**duplicated**", str(self.check.duplicated_count)),
+            ("torn lines", str(sum(len(t) for t in self.check.torn.values()))),
+            ("write() errors", str(len(self.write_errors))),
+            ("writer processes", str(self.writers)),
+            ("faults injected", str(sum(self.faults.values()))),
+            ("writers SIGKILLed at random moments", str(self.random_kills)),
+            ("writers killed at a failpoint", str(sum(self.failpoint_crashes.values()))),
+            ("failpoints never reached", ", ".join(self.uncovered_failpoints) or "none"),
+            ("max twinlog._worker processes at once", str(self.max_workers)),
+            ("max twinlog-lock-wait threads in a writer", str(self.max_lock_wait_threads)),
+            ("invariant violations", str(len(self.all_problems))),
+        ]
+        lines = ["| | |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows)]
+        lines += [
+            "",
+            "Write latency (ms, every acknowledged write, faults included):",
+            "",
+            "| p50 | p90 | p99 | p99.9 | max |",
+            "|---|---|---|---|---|",
+            "| "
+            + " | ".join(f"{lat[k]:.1f}" for k in ("p50", "p90", "p99", "p99.9", "max"))
+            + " |",
+            "",
+            "Faults injected, by kind (per peer mount):",
+            "",
+            "| fault | count |",
+            "|---|---|",
+            *(f"| {k} | {v} |" for k, v in sorted(self.faults.items())),
+            "",
+            "Crashes at failpoints:",
+            "",
+            "| failpoint | crashes |",
+            "|---|---|",
+            *(f"| {p} | {self.failpoint_crashes[p]} |" for p in POINTS),
+        ]
+        if self.all_problems:
+            lines += ["", "Problems:", "", *(f"- {p}" for p in self.all_problems[:50])]
+        return "\n".join(lines) + "\n"
+
+
+def _writer_env(failpoint: str | None) -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("TWINLOG_FAILPOINTS", None)
+    if failpoint:
+        env["TWINLOG_FAILPOINTS"] = failpoint
+    return env
+
+
+class _Run:
+    def __init__(
+        self, cfg: HistoryConfig, pair: Pair, nemesis: Nemesis, workdir: Path, log: Log
+    ) -> None:
+        self.cfg = cfg
+        self.pair = pair
+        self.nemesis = nemesis
+        self.workdir = workdir
+        self.log = log
+        self.rng = random.Random(cfg.seed)
+        self.report = HistoryReport(seed=cfg.seed)
+        self.configs = {
+            node: pair.config(
+                node,
+                probe_timeout=cfg.probe_timeout,
+                io_timeout=cfg.io_timeout,
+                lock_timeout=cfg.lock_timeout,
+                rotate_bytes=cfg.rotate_bytes,
+            )
+            for node in NODES
+        }
+        self.slots: dict[tuple[str, int], _Writer | None] = {
+            (node, k): None for node in NODES for k in range(cfg.writers_per_node)
+        }
+        self.respawn_at: dict[tuple[str, int], float] = {}
+        self.finished: list[_Writer] = []
+        self.hung_since: dict[str, float] = {}
+        self.generation = 0
+        self.armed: collections.Counter[str] = collections.Counter()
+        self.outcomes = open(workdir / "writers.jsonl", "a", encoding="utf-8")  # noqa: SIM115
+
+    # -- writers --------------------------------------------------------------------------
+    def spawn(self, slot: tuple[str, int]) -> None:
+        node, k = slot
+        self.generation += 1
+        name = f"{node}{k}g{self.generation}"
+        failpoint: str | None = None
+        if self.rng.random() < self.cfg.arm_probability:
+            # Points not yet reached first, the least armed of them; then any point.
+            uncovered = self.report.uncovered_failpoints
+            if uncovered and self.rng.random() < 0.8:
+                point = min(uncovered, key=lambda p: (self.armed[p], self.rng.random()))
+            else:
+                point = self.rng.choice(POINTS)
+            self.armed[point] += 1
+            # Points passed on every write: die at one of the first few; the others are rarer.
+            nth = self.rng.randint(1, 4) if point in _EVERY_WRITE else 1
+            failpoint = f"{point}@{nth}"
+        out = self.workdir / f"{name}.out"
+        with open(out, "wb") as stdout:
+            proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    os.fspath(WRITER),
+                    json.dumps(self.configs[node].to_dict()),
+                    name,
+                    str(self.cfg.pace),
+                ],
+                stdout=stdout,
+                stderr=open(self.workdir / f"{name}.err", "wb"),  # noqa: SIM115
+                env=_writer_env(failpoint),
+            )
+        self.slots[slot] = _Writer(name, node, proc, out, failpoint, time.monotonic())
+        self.report.writers += 1
+
+    def reap(self, now: float) -> None:
+        for slot, writer in self.slots.items():
+            if writer is None:
+                if now >= self.respawn_at.get(slot, 0.0):
+                    self.spawn(slot)
+                continue
+            if (
+                writer.failpoint
+                and not writer.killed
+                and now - writer.started > (self.cfg.armed_lifetime)
+            ):
+                self.kill(writer)
+                self.report.armed_not_reached += 1
+            code = writer.proc.poll()
+            if code is None:
+                continue
+            self.record(writer, code)
+            if writer.proc.stderr is not None:
+                writer.proc.stderr.close()
+            if code == -signal.SIGKILL and not writer.killed:
+                if writer.failpoint:
+                    self.report.failpoint_crashes[writer.failpoint.split("@")[0]] += 1
+                else:
+                    self.report.writer_failures.append(f"{writer.name}: SIGKILL from nowhere")
+            elif code != -signal.SIGKILL:
+                err = (self.workdir / f"{writer.name}.err").read_text(errors="replace")
+                self.report.writer_failures.append(f"{writer.name} exited {code}: {err[-2000:]}")
+            self.finished.append(writer)
+            self.slots[slot] = None
+            self.respawn_at[slot] = now + self.rng.uniform(0.0, 0.3)
+
+    def record(self, writer: _Writer, code: int) -> None:
+        outcome = {
+            "writer": writer.name,
+            "failpoint": writer.failpoint,
+            "code": code,
+            "killed_by_nemesis": writer.killed,
+            "lived": round(time.monotonic() - writer.started, 3),
+        }
+        self.outcomes.write(json.dumps(outcome) + "\n")
+        self.outcomes.flush()
+
+    def kill(self, writer: _Writer) -> None:
+        writer.killed = True
+        with contextlib.suppress(ProcessLookupError):
+            writer.proc.kill()
+
+    # -- the nemesis ----------------------------------------------------------------------
+    ACTIONS = (
+        ("normal", 4),
+        ("heal", 1),
+        ("hang", 2),
+        ("hang-some", 2),
+        ("eio", 1),
+        ("eio-writeback", 1),
+        ("etimedout", 1),
+        ("slow", 1),
+        ("enospc", 1),
+        ("unmount", 1),
+        ("kill", 4),
+    )
+    HANG_OPS = (
+        ("write",),
+        ("fsync", "flush"),
+        ("setlk", "setlkw"),
+        ("open", "create"),
+        ("read",),
+        ("getattr",),
+        ("rename", "unlink"),
+    )
+
+    def step(self, now: float) -> None:
+        names = [a for a, _ in self.ACTIONS]
+        weights = [w for _, w in self.ACTIONS]
+        action = self.rng.choices(names, weights)[0]
+        node = self.rng.choice(NODES)
+        nem = self.nemesis
+        if action == "kill":
+            live = [w for w in self.slots.values() if w is not None and not w.killed]
+            live = [w for w in live if not w.failpoint] or live
+            if live:
+                victim = self.rng.choice(live)
+                self.kill(victim)
+                self.report.random_kills += 1
+            return
+        if action == "heal":
+            nem.heal()
+            self.hung_since.clear()
+            return
+        label = "normal (heal one)" if action == "normal" else action
+        if action == "normal":
+            nem.set_mode(node, "normal")
+        elif action == "hang":
+            nem.set_mode(node, "hang")
+        elif action == "hang-some":
+            ops = self.rng.choice(self.HANG_OPS)
+            nem.set_mode(node, "hang", ops=ops)
+            label = f"hang[{'+'.join(ops)}]"
+        elif action == "eio":
+            nem.set_mode(node, "eio")
+        elif action == "eio-writeback":
+            nem.set_mode(node, "eio", ops=("fsync", "flush"))
+            label = "eio[fsync+flush]"
+        elif action == "etimedout":
+            nem.set_mode(node, "etimedout")
+        elif action == "slow":
+            nem.set_mode(node, "slow", delay=self.rng.uniform(0.01, 0.2))
+        elif action == "enospc":
+            nem.set_mode(node, "enospc")
+        elif action == "unmount":
+            nem.unmount(node)
+        self.report.faults[label] += 1
+        if nem.modes[node].startswith("hang"):
+            self.hung_since.setdefault(node, now)
+        else:
+            self.hung_since.pop(node, None)
+
+    def release_long_hangs(self, now: float) -> None:
+        for node, since in list(self.hung_since.items()):
+            if now - since > self.cfg.max_hang:
+                self.nemesis.set_mode(node, "normal")
+                del self.hung_since[node]
+
+    # -- the run --------------------------------------------------------------------------
+    def run(self) -> HistoryReport:
+        cfg, rep = self.cfg, self.report
+        start = time.monotonic()
+        self.log(f"history: seed={cfg.seed} duration={cfg.duration}s (replay: TWINLOG_SEED=...)")
+        end = start + cfg.duration
+        hard_end = end + (cfg.coverage_grace if cfg.cover_failpoints else 0.0)
+        next_step = start + 1.0
+        next_note = start + 10.0
+        try:
+            while True:
+                now = time.monotonic()
+                if now >= end and (
+                    not cfg.cover_failpoints or not rep.uncovered_failpoints or now >= hard_end
+                ):
+                    break
+                self.reap(now)
+                self.release_long_hangs(now)
+                self.nemesis.check_servers()
+                if now >= next_step:
+                    self.step(now)
+                    next_step = now + self.rng.uniform(*cfg.step)
+                    rep.max_workers = max(rep.max_workers, count_workers())
+                if now >= next_note:
+                    next_note = now + 10.0
+                    self.log(
+                        f"  t={now - start:.0f}s writers={rep.writers} kills={rep.random_kills} "
+                        f"failpoints={sum(rep.failpoint_crashes.values())} "
+                        f"uncovered={rep.uncovered_failpoints} modes={self.nemesis.modes}"
+                    )
+                time.sleep(0.02)
+        finally:
+            self.nemesis.heal()
+            for writer in self.slots.values():
+                if writer is not None:
+                    self.kill(writer)
+            for slot, writer in self.slots.items():
+                if writer is not None:
+                    self.record(writer, writer.proc.wait())
+                    if writer.proc.stderr is not None:
+                        writer.proc.stderr.close()
+                    self.finished.append(writer)
+                    self.slots[slot] = None
+            self.outcomes.close()
+        rep.problems += self.nemesis.problems
+        rep.problems += rep.writer_failures
+        acks: list[WriteOp] = []
+        for writer in self.finished:
+            got, errors = parse_writer_output(writer.name, writer.node, writer.out.read_text())
+            acks += got
+            rep.write_errors += errors
+        rep.writes = len(acks)
+        rep.latencies = [op.latency for op in acks]
+        rep.max_lock_wait_threads = max((op.lock_waits for op in acks), default=0)
+        if rep.write_errors:
+            rep.problems.append(f"{len(rep.write_errors)} write() errors: {rep.write_errors[:5]}")
+        rep.workers_after_heal = wait_for_no_workers(10.0)
+        if rep.workers_after_heal:
+            rep.problems.append(f"{rep.workers_after_heal} peer workers still alive after healing")
+        for node in NODES:
+            with TwinLog(self.configs[node]) as twin:
+                result = twin.reconcile()
+            rep.reconcile[node] = result.to_dict()
+            if not result.peer_reachable:
+                rep.problems.append(f"reconcile on {node} after healing: {result.to_dict()}")
+        rep.check = check_pair(self.pair, acks, self.configs)
+        rep.elapsed = time.monotonic() - start
+        self.log("history: " + rep.summary())
+        return rep
+
+
+def run_history(root: Path, cfg: HistoryConfig, *, log: Log = print) -> HistoryReport:
+    """One seeded run on a fresh FaultFS pair under ``root``; see the module docstring."""
+    workdir = root / "history"
+    workdir.mkdir(parents=True, exist_ok=True)
+    with fault_pair(root / "pair") as (pair, nemesis):
+        return _Run(cfg, pair, nemesis, workdir, log).run()
