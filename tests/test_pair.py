@@ -346,3 +346,25 @@ def test_entry_lost_between_log_and_cache_is_found_in_the_log(pair: Pair) -> Non
     pair.connect("a")
     assert a.reconcile().pushed == 3
     assert_converged(pair, acked)
+
+
+def test_checkpoints_let_a_fresh_process_start_from_the_end(pair: Pair) -> None:
+    pair.options["fsync"] = False
+    a, b = pair.twin("a"), pair.twin("b")
+    for i in range(300):
+        (a if i % 3 else b).write(f"{i} " + "p" * 4000)
+    for node in "ab":
+        idx = json.loads((pair.log_dir(node) / "twinlog.idx").read_text())
+        assert idx["offset"] > 1 << 20
+        assert idx["hwm"]["a"] > 0 and idx["hwm"]["b"] > 0
+    fresh = pair.twin("a")
+    fresh._local.refresh(repair=False)
+    assert fresh._local.state is not None
+    assert fresh._local.state.checkpoint_offset > 0, "started from the checkpoint"
+    assert fresh.write("next").seq == 201
+    # a checkpoint that does not match the file is ignored, not trusted
+    (pair.log_dir("a") / "twinlog.idx").write_text(
+        json.dumps({"offset": 10, "tail": "00", "hwm": {"a": 999}, "max_ts": ""})
+    )
+    assert pair.twin("a").write("again").seq == 202
+    assert_converged(pair)

@@ -221,8 +221,8 @@ class TwinLog:
                 held_peer = held_peer and not released
                 if not peer_ok and result.peer_reachable:
                     result.peer_reachable, result.reason = False, "io_error"
-            self._rotate_and_expire(result, peer_ok, force=rotate)
-            self._checkpoints(peer_ok)
+            self._rotate_and_expire(result, peer_ok and held_peer, force=rotate)
+            self._checkpoints(peer_ok and held_peer)
         except BaseException as exc:
             for pending in batch:
                 if pending.entry is None:
@@ -302,9 +302,10 @@ class TwinLog:
             _failpoints.hit("after_local_append")
         released = False
         if peer_ok:
-            # The peer's lock goes with the append unless a rotation may need the peer's marks.
-            release = self._local.state is not None and (
-                self._local.state.offset < cfg.rotate_bytes
+            # The peer's lock goes with the append, unless the peer is still needed under it
+            # this round: for the retention after a rotation, or to checkpoint its log.
+            release = state.offset < cfg.rotate_bytes and not self._peer.checkpoint_due(
+                sum(map(len, lines))
             )
             try:
                 self._peer.append_lines(lines, one_write_per_line=True, release=release)

@@ -200,12 +200,21 @@ class LogStore:
             state.absorb(lines)
             rest = (rest + data)[used:]
 
+    def checkpoint_due(self, extra: int = 0) -> bool:
+        """Whether the log has grown (or will have, by ``extra`` bytes) past the checkpoint."""
+        state = self.state
+        return (
+            state is not None
+            and not state.torn
+            and state.offset + extra - state.checkpoint_offset >= CHECKPOINT_EVERY
+        )
+
     def checkpoint_if_due(self, *, force: bool = False) -> None:
         """Record the marks at the current offset, so a fresh reader starts from here."""
         state = self.state
         if state is None or state.torn:
             return
-        if not force and state.offset - state.checkpoint_offset < CHECKPOINT_EVERY:
+        if not force and not self.checkpoint_due():
             return
         self.ops.replace(INDEX_FILE, self.checkpoint_bytes(state), False)
         state.checkpoint_offset = state.offset
