@@ -182,3 +182,14 @@ def test_crash_in_the_middle_of_a_rotation(pair: Pair, point: str) -> None:
 def test_config_keys_for_retention(tmp_path: Path) -> None:
     c = Config("a", "b", tmp_path / "l", tmp_path / "p", retain_days=7, retain_segments=10)
     assert c.to_dict()["retain_days"] == 7
+
+
+def test_retention_by_age_keeps_the_newest_segment_and_the_sequence(pair: Pair) -> None:
+    pair.options["retain_days"] = 1e-9  # every finished segment is too old
+    a = pair.twin("a")
+    for i in range(4):
+        a.write(f"{i}")
+        a.rotate()
+    assert sorted(p.name for p in pair.log_dir("a").glob("twinlog.log.*")) == ["twinlog.log.4"]
+    (pair.log_dir("a") / "twinlog.idx").unlink()
+    assert pair.twin("a").write("next").seq == 5

@@ -70,6 +70,7 @@ class LogState:
     tail: bytes = b""
     checkpoint_offset: int = 0
     torn: bool = False
+    segment: int = 0  # the newest rotated segment's number when this state was built
 
     def absorb(self, lines: list[bytes]) -> None:
         for line in lines:
@@ -157,18 +158,40 @@ class LogStore:
     def _load(self, first: tuple[int, int, bytes] | None) -> LogState:
         """Build the state from the checkpoint if it matches the file, else from the segments."""
         size, ino = (first[0], first[1]) if first else (0, None)
-        state = self._from_checkpoint(size)
+        numbered = self._numbered_segments()
+        newest = numbered[-1][0] if numbered else 0
+        state = self._from_checkpoint(size, newest)
         if state is None:
-            state = LogState()
-            for seg in self.segments():
-                self._scan_into(state, seg)
-            state.offset = 0
-            state.tail = b""
+            state = self._from_segments(numbered)
+        state.segment = newest
         state.ino = ino
         self._consume(state, self.ops.read(LOG_FILE, state.offset, CHUNK), size)
         return state
 
-    def _from_checkpoint(self, size: int) -> LogState | None:
+    def _from_segments(self, numbered: list[tuple[int, str]]) -> LogState:
+        """Marks rebuilt from the segments: from the newest one the manifest describes, reading
+        only the segments after it (a rotation that crashed midway left those undescribed)."""
+        state = LogState()
+        manifest = self.read_manifest()
+        start = 0
+        for index in range(len(numbered) - 1, -1, -1):
+            info = manifest.get(str(numbered[index][0]))
+            if isinstance(info, dict) and isinstance(info.get("hwm"), dict):
+                state.hwm = {str(k): int(v) for k, v in info["hwm"].items()}
+                state.max_ts = str(info.get("max_ts", ""))
+                start = index + 1
+                break
+        for _number, name in numbered[start:]:
+            self._scan_into(state, name)
+        return state
+
+    def _from_checkpoint(self, size: int, newest_segment: int) -> LogState | None:
+        """The checkpoint's state, if it was taken on this very active log.
+
+        It names the newest segment that existed when it was taken: after a rotation (even
+        one that crashed before writing a new checkpoint) that no longer matches. A checkpoint
+        past offset 0 also keeps the bytes just before its offset, which must still be there.
+        """
         raw = self.ops.read(INDEX_FILE, 0, 1 << 16)
         try:
             data = json.loads(raw) if raw else None
@@ -178,7 +201,10 @@ class LogStore:
             tail = bytes.fromhex(data["tail"])
             hwm = {str(k): int(v) for k, v in data["hwm"].items()}
             max_ts = str(data["max_ts"])
+            segment = int(data.get("segment", 0))
         except (ValueError, KeyError, TypeError, AttributeError):
+            return None
+        if segment != newest_segment:
             return None
         if offset > size or len(tail) > offset:
             return None
@@ -226,6 +252,7 @@ class LogStore:
             "tail": state.tail.hex(),
             "hwm": state.hwm,
             "max_ts": state.max_ts,
+            "segment": state.segment,
         }
         if fresh:
             doc["fresh"] = True
@@ -260,7 +287,7 @@ class LogStore:
         self.ops.rename(LOG_FILE, name)
         if _failpoints.ACTIVE:
             _failpoints.hit("after_rotate_rename")
-        fresh = LogState(hwm=dict(state.hwm), max_ts=state.max_ts)
+        fresh = LogState(hwm=dict(state.hwm), max_ts=state.max_ts, segment=number)
         self.ops.replace(INDEX_FILE, self.checkpoint_bytes(fresh, fresh=True), True)
         if _failpoints.ACTIVE:
             _failpoints.hit("after_rotate_index")
@@ -309,6 +336,10 @@ class LogStore:
         deleted: list[str] = []
         for index, (number, name) in enumerate(numbered):
             newer = len(numbered) - index - 1
+            if newer == 0:
+                # The newest segment always stays: its manifest entry and number anchor the
+                # marks (and so the next seq) should the checkpoint be lost.
+                break
             info = manifest.get(str(number)) or self._describe_segment(name)
             too_many = retain_segments is not None and newer >= retain_segments
             too_old = retain_days is not None and now - float(info["rotated_at"]) > (
