@@ -185,6 +185,15 @@ def test_init_creates_fixes_modes_and_is_idempotent(
     code, out, _ = run(capsys, "init", config=path)
     assert code == 0 and "mode of" not in out and "already 0750" in out
 
+    # A symlink planted in the directory is left alone, and so is its target.
+    target = tmp_path / "elsewhere"
+    target.write_text("")
+    os.chmod(target, 0o600)
+    (log_dir / "twinlog.planted").symlink_to(target)
+    code, out, _ = run(capsys, "init", config=path)
+    assert code == 0 and "mode of" not in out
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
+
 
 def test_init_reports_reachable_peer(
     capsys: pytest.CaptureFixture[str], conf: dict[str, str]
