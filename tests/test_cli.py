@@ -421,6 +421,22 @@ def test_follower_reads_appends_rotation_and_truncation(tmp_path: Path) -> None:
         follower.close()
 
 
+def test_follower_across_a_real_rotation(pair: Pair) -> None:
+    a, b = pair.twin("a"), pair.twin("b")
+    a.write("before")
+    follower = LogFollower(pair.log_dir("a") / "twinlog.log")
+    try:
+        a.write("one")
+        b.write("two")
+        a.rotate()
+        assert list(pair.log_dir("a").glob("twinlog.log.*")), "no segment: rotation did not happen"
+        a.write("three")
+        msgs = [json.loads(line)["msg"] for line in follower.poll()]
+        assert msgs == ["one", "two", "three"]
+    finally:
+        follower.close()
+
+
 def test_follower_waits_for_the_file(tmp_path: Path) -> None:
     path = tmp_path / "twinlog.log"
     follower = LogFollower(path)
