@@ -57,14 +57,18 @@ __all__ = [
     "count_lock_wait_threads",
     "count_workers",
     "fault_pair",
+    "new_tag",
     "parse_writer_output",
     "percentile",
     "run_history",
+    "wait_for_no_workers",
+    "writer_env",
 ]
 
 WRITER = Path(__file__).with_name("history_writer.py")
 NODES = ("a", "b")
 WORKER_MARK = "twinlog._worker"
+TAG_ENV = "TWINLOG_HISTORY_TAG"  # marks the processes (writers, their workers) of one run
 
 Log = Callable[[str], None]
 _EVERY_WRITE = frozenset({"after_lock", "after_local_append", "after_push_append"})
@@ -297,16 +301,26 @@ def check_pair(pair: Pair, acks: list[WriteOp], configs: dict[str, Config]) -> C
 # -- processes and threads --------------------------------------------------------------------
 
 
-def count_workers() -> int:
-    """Live (non-zombie) processes whose command line mentions ``twinlog._worker``."""
+def count_workers(tag: str) -> int:
+    """Live (non-zombie) ``twinlog._worker`` processes started under the run tag ``tag``.
+
+    Workers inherit their writer's environment, and so :data:`TAG_ENV`: this counts the workers
+    of one run (orphans of killed writers included), not those of tests running next to it.
+    """
     count = 0
     for proc in psutil.process_iter(["cmdline", "status"]):
         with contextlib.suppress(psutil.Error):
             if proc.info["status"] == psutil.STATUS_ZOMBIE:
                 continue
-            if any(WORKER_MARK in arg for arg in proc.info["cmdline"] or ()):
+            if not any(WORKER_MARK in arg for arg in proc.info["cmdline"] or ()):
+                continue
+            if proc.environ().get(TAG_ENV) == tag:
                 count += 1
     return count
+
+
+def new_tag() -> str:
+    return f"{os.getpid()}-{time.monotonic_ns()}"
 
 
 def count_lock_wait_threads() -> int:
@@ -314,9 +328,9 @@ def count_lock_wait_threads() -> int:
     return sum(1 for t in threading.enumerate() if t.name == "twinlog-lock-wait")
 
 
-def wait_for_no_workers(timeout: float) -> int:
+def wait_for_no_workers(tag: str, timeout: float) -> int:
     deadline = time.monotonic() + timeout
-    while (left := count_workers()) and time.monotonic() < deadline:
+    while (left := count_workers(tag)) and time.monotonic() < deadline:
         time.sleep(0.05)
     return left
 
@@ -424,7 +438,9 @@ class HistoryConfig:
     writers_per_node: int = 2
     pace: float = 0.002  # seconds a writer sleeps between writes
     step: tuple[float, float] = (0.2, 1.2)  # seconds between nemesis steps
-    max_hang: float = 4.0  # a hang longer than this is released (bounds lock holds)
+    fault_time: tuple[float, float] = (0.3, 3.0)  # how long one fault lasts, seconds
+    slow_delay: tuple[float, float] = (0.005, 0.05)  # per FUSE request in "slow" mode
+    max_hang: float = 3.0  # hangs last at most this long (bounds how long a lock is held)
     arm_probability: float = 0.5  # a new writer gets a failpoint
     armed_lifetime: float = 10.0  # an armed writer that never reached its point is then killed
     cover_failpoints: bool = True  # after ``duration``, go on (<= coverage_grace) until all hit
@@ -433,6 +449,7 @@ class HistoryConfig:
     io_timeout: float = 0.6
     lock_timeout: float = 20.0
     rotate_bytes: int = 8192
+    failpoints: tuple[str, ...] = POINTS  # the points writers are armed with
 
 
 @dataclass
@@ -465,9 +482,11 @@ class HistoryReport:
     def all_problems(self) -> list[str]:
         return self.problems + self.check.problems
 
+    failpoints: tuple[str, ...] = POINTS
+
     @property
     def uncovered_failpoints(self) -> list[str]:
-        return [p for p in POINTS if not self.failpoint_crashes[p]]
+        return [p for p in self.failpoints if not self.failpoint_crashes[p]]
 
     def latency_ms(self) -> dict[str, float]:
         return {
@@ -535,8 +554,9 @@ class HistoryReport:
         return "\n".join(lines) + "\n"
 
 
-def _writer_env(failpoint: str | None) -> dict[str, str]:
+def writer_env(tag: str, failpoint: str | None = None) -> dict[str, str]:
     env = dict(os.environ)
+    env[TAG_ENV] = tag
     env.pop("TWINLOG_FAILPOINTS", None)
     if failpoint:
         env["TWINLOG_FAILPOINTS"] = failpoint
@@ -553,7 +573,8 @@ class _Run:
         self.workdir = workdir
         self.log = log
         self.rng = random.Random(cfg.seed)
-        self.report = HistoryReport(seed=cfg.seed)
+        self.tag = new_tag()
+        self.report = HistoryReport(seed=cfg.seed, failpoints=cfg.failpoints)
         self.configs = {
             node: pair.config(
                 node,
@@ -569,7 +590,7 @@ class _Run:
         }
         self.respawn_at: dict[tuple[str, int], float] = {}
         self.finished: list[_Writer] = []
-        self.hung_since: dict[str, float] = {}
+        self.fault_until: dict[str, float] = {}
         self.generation = 0
         self.armed: collections.Counter[str] = collections.Counter()
         self.outcomes = open(workdir / "writers.jsonl", "a", encoding="utf-8")  # noqa: SIM115
@@ -586,7 +607,7 @@ class _Run:
             if uncovered and self.rng.random() < 0.8:
                 point = min(uncovered, key=lambda p: (self.armed[p], self.rng.random()))
             else:
-                point = self.rng.choice(POINTS)
+                point = self.rng.choice(self.cfg.failpoints)
             self.armed[point] += 1
             # Points passed on every write: die at one of the first few; the others are rarer.
             nth = self.rng.randint(1, 4) if point in _EVERY_WRITE else 1
@@ -603,7 +624,7 @@ class _Run:
                 ],
                 stdout=stdout,
                 stderr=open(self.workdir / f"{name}.err", "wb"),  # noqa: SIM115
-                env=_writer_env(failpoint),
+                env=writer_env(self.tag, failpoint),
             )
         self.slots[slot] = _Writer(name, node, proc, out, failpoint, time.monotonic())
         self.report.writers += 1
@@ -657,7 +678,6 @@ class _Run:
 
     # -- the nemesis ----------------------------------------------------------------------
     ACTIONS = (
-        ("normal", 4),
         ("heal", 1),
         ("hang", 2),
         ("hang-some", 2),
@@ -695,12 +715,10 @@ class _Run:
             return
         if action == "heal":
             nem.heal()
-            self.hung_since.clear()
+            self.fault_until.clear()
             return
-        label = "normal (heal one)" if action == "normal" else action
-        if action == "normal":
-            nem.set_mode(node, "normal")
-        elif action == "hang":
+        label = action
+        if action == "hang":
             nem.set_mode(node, "hang")
         elif action == "hang-some":
             ops = self.rng.choice(self.HANG_OPS)
@@ -714,22 +732,23 @@ class _Run:
         elif action == "etimedout":
             nem.set_mode(node, "etimedout")
         elif action == "slow":
-            nem.set_mode(node, "slow", delay=self.rng.uniform(0.01, 0.2))
+            nem.set_mode(node, "slow", delay=self.rng.uniform(*self.cfg.slow_delay))
         elif action == "enospc":
             nem.set_mode(node, "enospc")
         elif action == "unmount":
             nem.unmount(node)
         self.report.faults[label] += 1
-        if nem.modes[node].startswith("hang"):
-            self.hung_since.setdefault(node, now)
-        else:
-            self.hung_since.pop(node, None)
+        lasts = self.rng.uniform(*self.cfg.fault_time)
+        if action.startswith("hang"):
+            lasts = min(lasts, self.cfg.max_hang)
+        self.fault_until[node] = now + lasts
 
-    def release_long_hangs(self, now: float) -> None:
-        for node, since in list(self.hung_since.items()):
-            if now - since > self.cfg.max_hang:
+    def end_faults(self, now: float) -> None:
+        """Faults are transient: each ends (back to a normal mount) after its drawn duration."""
+        for node, until in list(self.fault_until.items()):
+            if now >= until:
                 self.nemesis.set_mode(node, "normal")
-                del self.hung_since[node]
+                del self.fault_until[node]
 
     # -- the run --------------------------------------------------------------------------
     def run(self) -> HistoryReport:
@@ -748,12 +767,12 @@ class _Run:
                 ):
                     break
                 self.reap(now)
-                self.release_long_hangs(now)
+                self.end_faults(now)
                 self.nemesis.check_servers()
                 if now >= next_step:
                     self.step(now)
                     next_step = now + self.rng.uniform(*cfg.step)
-                    rep.max_workers = max(rep.max_workers, count_workers())
+                    rep.max_workers = max(rep.max_workers, count_workers(self.tag))
                 if now >= next_note:
                     next_note = now + 10.0
                     self.log(
@@ -787,7 +806,7 @@ class _Run:
         rep.max_lock_wait_threads = max((op.lock_waits for op in acks), default=0)
         if rep.write_errors:
             rep.problems.append(f"{len(rep.write_errors)} write() errors: {rep.write_errors[:5]}")
-        rep.workers_after_heal = wait_for_no_workers(10.0)
+        rep.workers_after_heal = wait_for_no_workers(self.tag, 10.0)
         if rep.workers_after_heal:
             rep.problems.append(f"{rep.workers_after_heal} peer workers still alive after healing")
         for node in NODES:
