@@ -275,3 +275,26 @@ def test_emit_is_not_serialised_by_the_handler_lock(pair: Pair, logger: logging.
         t.join()
     assert most == 4
     assert sorted(e.msg for e in pair.twin("a").read()) == ["r0", "r1", "r2", "r3"]
+
+
+def test_an_oversized_record_is_logged_shortened_not_dropped(tmp_path: Path) -> None:
+    from twinlog import Config, TwinLog
+    from twinlog.handler import TwinlogHandler, fit_message
+
+    config = Config(
+        "a", "b", tmp_path / "log", tmp_path / "peer", require_mount=False, max_message_bytes=100
+    )
+    handler = TwinlogHandler(config)
+    logger = logging.getLogger("twinlog-test-oversized")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        logger.error("é" * 400)
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+    with TwinLog(config) as log:
+        (entry,) = list(log.read())
+    assert len(entry.msg.encode()) <= 100 and entry.msg.endswith("[...]")
+    assert entry.fields["truncated_bytes"] == 800 - len(entry.msg[:-6].encode())
+    assert fit_message("short", 100) == ("short", 0)

@@ -27,7 +27,7 @@ from twinlog._api import TwinLog
 from twinlog.config import Config
 from twinlog.entry import RESERVED_FIELDS
 
-__all__ = ["EXTRA_PREFIX", "TwinlogHandler", "record_fields"]
+__all__ = ["EXTRA_PREFIX", "TwinlogHandler", "fit_message", "record_fields"]
 
 #: Prefix given to an ``extra=`` key that clashes with a reserved or handler-set field name.
 EXTRA_PREFIX = "extra_"
@@ -103,7 +103,11 @@ class TwinlogHandler(logging.Handler):
             log = self._log
             if log is None:
                 raise ValueError("TwinlogHandler is closed")
-            log.write(self.format(record), **record_fields(record))
+            message, cut = fit_message(self.format(record), self.config.max_message_bytes)
+            fields = record_fields(record)
+            if cut:
+                fields["truncated_bytes"] = cut
+            log.write(message, **fields)
         except RecursionError:  # as in the standard handlers: let this one through
             raise
         except Exception:
@@ -123,3 +127,15 @@ class TwinlogHandler(logging.Handler):
     def __repr__(self) -> str:
         level = logging.getLevelName(self.level)
         return f"<{type(self).__name__} {self.config.node} -> {self.config.peer} ({level})>"
+
+
+def fit_message(message: str, limit: int) -> tuple[str, int]:
+    """``message`` cut to at most ``limit`` UTF-8 bytes (on a character boundary), marked as cut,
+    and how many bytes were cut: a long traceback is logged shortened rather than dropped."""
+    data = message.encode("utf-8", "surrogatepass")
+    if len(data) <= limit:
+        return message, 0
+    marker = " [...]"
+    keep = max(0, limit - len(marker))
+    head = data[:keep].decode("utf-8", "ignore")
+    return head + marker, len(data) - len(head.encode("utf-8"))
