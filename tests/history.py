@@ -613,7 +613,7 @@ class _Run:
             nth = self.rng.randint(1, 4) if point in _EVERY_WRITE else 1
             failpoint = f"{point}@{nth}"
         out = self.workdir / f"{name}.out"
-        with open(out, "wb") as stdout:
+        with open(out, "wb") as stdout, open(self.workdir / f"{name}.err", "wb") as stderr:
             proc = subprocess.Popen(
                 [
                     sys.executable,
@@ -623,7 +623,7 @@ class _Run:
                     str(self.cfg.pace),
                 ],
                 stdout=stdout,
-                stderr=open(self.workdir / f"{name}.err", "wb"),  # noqa: SIM115
+                stderr=stderr,
                 env=writer_env(self.tag, failpoint),
             )
         self.slots[slot] = _Writer(name, node, proc, out, failpoint, time.monotonic())
@@ -646,8 +646,6 @@ class _Run:
             if code is None:
                 continue
             self.record(writer, code)
-            if writer.proc.stderr is not None:
-                writer.proc.stderr.close()
             if code == -signal.SIGKILL and not writer.killed:
                 if writer.failpoint:
                     self.report.failpoint_crashes[writer.failpoint.split("@")[0]] += 1
@@ -789,8 +787,6 @@ class _Run:
             for slot, writer in self.slots.items():
                 if writer is not None:
                     self.record(writer, writer.proc.wait())
-                    if writer.proc.stderr is not None:
-                        writer.proc.stderr.close()
                     self.finished.append(writer)
                     self.slots[slot] = None
             self.outcomes.close()
