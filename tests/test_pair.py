@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
+import traceback
 import threading
+from pathlib import Path
 
 import pytest
 
 from pairlib import Pair, assert_converged, log_ids
+from twinlog import Config, StorageError, TwinLog
 
 
 def test_dual_write_lands_in_both_logs(pair: Pair) -> None:
@@ -368,3 +372,54 @@ def test_checkpoints_let_a_fresh_process_start_from_the_end(pair: Pair) -> None:
     )
     assert pair.twin("a").write("again").seq == 202
     assert_converged(pair)
+
+
+def test_a_group_member_can_read_but_not_write(pair: Pair) -> None:
+    """With the role's modes (dir 0750, files 0640, group twinlog), a group member reads."""
+    a = pair.twin("a")
+    a.write("one")
+    pair.twin("b").write("two")
+    for node in "ab":
+        os.chown(pair.log_dir(node), 0, 65534)
+        os.chmod(pair.log_dir(node), 0o750)
+        for f in pair.log_dir(node).iterdir():
+            os.chown(f, 0, 65534)
+            os.chmod(f, 0o640)
+    # let "others" traverse down to the directories (pytest's tmp dirs are 0700)
+    modes: dict[Path, int] = {}
+    for parent in [pair.root / "a", pair.root, *pair.root.parents]:
+        if parent == Path(tempfile.gettempdir()) or parent == parent.parent:
+            break
+        modes[parent] = parent.stat().st_mode & 0o7777
+        os.chmod(parent, modes[parent] | 0o005)
+    try:
+        seen = _read_as_nobody(pair.config("a"))
+    finally:
+        for parent, mode in modes.items():
+            os.chmod(parent, mode)
+    assert seen == {"ids": ["a:1", "b:1"], "last_seq": {"a": 1, "b": 1}, "write": "StorageError"}
+
+
+def _read_as_nobody(config: Config) -> dict[str, object]:
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through the pipe
+        result: dict[str, object] = {}
+        try:
+            os.setgid(65534)
+            os.setuid(65534)
+            log = TwinLog(config)
+            result["ids"] = [e.id for e in log.read()]
+            result["last_seq"] = log.status()["last_seq"]
+            try:
+                log.write("not allowed")
+            except StorageError as exc:
+                result["write"] = type(exc).__name__
+        except BaseException as exc:
+            result["error"] = traceback.format_exc()
+        os.write(write_end, json.dumps(result).encode())
+        os._exit(0)
+    os.close(write_end)
+    os.waitpid(pid, 0)
+    with os.fdopen(read_end, "rb") as f:
+        return json.loads(f.read())  # type: ignore[no-any-return]

@@ -27,7 +27,7 @@ from twinlog._worker import RemoteDir
 from twinlog.clock import HybridClock
 from twinlog.config import Config
 from twinlog.entry import Entry, check_message, encode_entry
-from twinlog.exceptions import ConfigError, PeerError, StorageError
+from twinlog.exceptions import ConfigError, LockTimeoutError, PeerError, StorageError
 from twinlog.probe import REASONS, MountTable, StuckRegistry
 
 __all__ = ["ReconcileResult", "TwinLog"]
@@ -191,7 +191,7 @@ class TwinLog:
             # One global lock order (by node name) so two nodes writing at once never deadlock.
             for side in sorted((cfg.node, cfg.peer)):
                 if side == cfg.node:
-                    self._local_ops.lock(cfg.lock_timeout)
+                    self._lock_local()
                     held_local = True
                 elif peer_ok:
                     try:
@@ -238,6 +238,16 @@ class TwinLog:
                 self._local_ops.unlock()
         self._last_reason = result.reason
         return result
+
+    def _lock_local(self) -> None:
+        try:
+            self._local_ops.lock(self.config.lock_timeout)
+        except LockTimeoutError:
+            raise
+        except OSError as exc:
+            raise StorageError(
+                exc.errno, f"cannot lock {self.config.log_dir}: {exc.strerror or exc}"
+            ) from exc
 
     def _precheck(self) -> str | None:
         """The peer checks that need no peer I/O; a reason when the peer is unreachable."""
@@ -471,8 +481,19 @@ class TwinLog:
         try:
             for side in sorted((cfg.node, cfg.peer)):
                 if side == cfg.node:
-                    self._local_ops.lock(cfg.lock_timeout)
-                    held_local = True
+                    try:
+                        self._local_ops.lock(cfg.lock_timeout)
+                        held_local = True
+                    except PermissionError:
+                        # A reader without write access (a member of the log's group) compares
+                        # without the locks: a write landing meanwhile may show as missing.
+                        self._peer_ops.remote.call(
+                            "check_dir",
+                            cfg.peer,
+                            self._local_ops.dev_ino(),
+                            timeout=cfg.probe_timeout,
+                        )
+                        break
                 else:
                     self._peer_ops.connect(cfg.peer, self._local_ops.dev_ino(), cfg.probe_timeout)
                     held_peer = True

@@ -37,6 +37,7 @@ class DirOps:
         self._lock_kind = lock_kind
         self._dir_fd: int | None = None
         self._lock: PosixLock | OfdLock | None = None
+        self._create_lock_file = False
 
     # -- directory identity -------------------------------------------------------------
     def open_dir(
@@ -66,9 +67,7 @@ class DirOps:
             return "missing"
         if marker != expected_node:
             return "wrong_identity:" + marker[:64]
-        if self._lock is None:
-            kind = OfdLock if self._lock_kind == "ofd" else PosixLock
-            self._lock = kind(self._dir_fd, create=create)
+        self._create_lock_file = create
         return "ok"
 
     def check_dir(self, expected_node: str, not_dev_ino: tuple[int, int] | None) -> None:
@@ -107,7 +106,9 @@ class DirOps:
     # -- lock ---------------------------------------------------------------------------
     def lock(self, timeout: float | None) -> None:
         if self._lock is None:
-            raise FileNotFoundError(errno.ENOENT, "directory not opened", self.path)
+            # Made on first use: a reader that never locks needs no write access.
+            kind = OfdLock if self._lock_kind == "ofd" else PosixLock
+            self._lock = kind(self.dir_fd, create=self._create_lock_file)
         self._lock.acquire(timeout)
 
     def unlock(self) -> None:

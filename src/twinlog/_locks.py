@@ -143,9 +143,14 @@ class OfdLock:
 
     def __init__(self, dir_fd: int, *, create: bool) -> None:
         self._dir_fd = dir_fd
-        flags = os.O_RDWR | os.O_CLOEXEC | (os.O_CREAT if create else 0)
-        os.close(os.open(LOCK_FILE, flags, 0o640, dir_fd=dir_fd))
         self._fd: int | None = None
+        if create:
+            try:
+                os.close(
+                    os.open(LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640, dir_fd=dir_fd)
+                )
+            except PermissionError:
+                pass  # a reader without write access never locks; acquire() would say so
 
     @property
     def held(self) -> bool:

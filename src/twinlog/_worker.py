@@ -73,13 +73,16 @@ class RemoteDir:
             f"import sys; sys.path.insert(0, {pkg_parent!r}); "
             "import twinlog._worker as w; w.serve()"
         )
-        proc = subprocess.Popen(
-            [sys.executable, "-c", code],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            close_fds=True,
-        )
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-c", code],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                close_fds=True,
+            )
+        except OSError as exc:
+            raise PeerError("io_error", f"cannot start the peer worker: {exc}") from None
         self.spawned += 1
         self._live[:] = [p for p in self._live if p.poll() is None]
         self._live.append(proc)
