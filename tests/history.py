@@ -752,7 +752,7 @@ class _Run:
     def run(self) -> HistoryReport:
         cfg, rep = self.cfg, self.report
         start = time.monotonic()
-        self.log(f"history: seed={cfg.seed} duration={cfg.duration}s (replay: TWINLOG_SEED=...)")
+        self.log(f"history: seed={cfg.seed} duration={cfg.duration}s (same seed, same schedule)")
         end = start + cfg.duration
         hard_end = end + (cfg.coverage_grace if cfg.cover_failpoints else 0.0)
         next_step = start + 1.0

@@ -124,7 +124,9 @@ def test_write_latency_and_helpers_bounded_while_peer_hung(
         write("t-0")
         assert a.last_reason == "ok"
         nemesis.set_mode("a", "hang", ops=HANGS[hang])
-        latencies, workers, threads = [], [], []
+        latencies: list[float] = []
+        workers: list[int] = []
+        threads: list[int] = []
         hung_until = time.monotonic() + 2.5
         while time.monotonic() < hung_until or len(latencies) < 8:
             latencies.append(write(f"t-{len(entries)}"))
