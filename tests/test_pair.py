@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-import traceback
 import threading
+import traceback
 from pathlib import Path
 
 import pytest
@@ -415,7 +415,7 @@ def _read_as_nobody(config: Config) -> dict[str, object]:
                 log.write("not allowed")
             except StorageError as exc:
                 result["write"] = type(exc).__name__
-        except BaseException as exc:
+        except BaseException:
             result["error"] = traceback.format_exc()
         os.write(write_end, json.dumps(result).encode())
         os._exit(0)

@@ -13,7 +13,7 @@ import errno
 import os
 from typing import Any
 
-from twinlog._locks import OfdLock, PosixLock
+from twinlog._locks import LOCK_FILE, OfdLock, PosixLock
 
 __all__ = ["CACHE_FILE", "LOG_FILE", "MARKER_FILE", "TORN_FILE", "DirOps", "IdentityError"]
 
@@ -68,6 +68,12 @@ class DirOps:
         if marker != expected_node:
             return "wrong_identity:" + marker[:64]
         self._create_lock_file = create
+        if create:
+            # The peer locks this file through its mount without ever creating it, so it must
+            # exist before the peer's first write. A read-only user simply cannot make it.
+            with contextlib.suppress(PermissionError):
+                flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
+                os.close(os.open(LOCK_FILE, flags, 0o640, dir_fd=self._dir_fd))
         return "ok"
 
     def check_dir(self, expected_node: str, not_dev_ino: tuple[int, int] | None) -> None:

@@ -19,6 +19,7 @@ Two kinds of the same family, which all conflict with each other in the kernel's
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -145,12 +146,10 @@ class OfdLock:
         self._dir_fd = dir_fd
         self._fd: int | None = None
         if create:
-            try:
-                os.close(
-                    os.open(LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640, dir_fd=dir_fd)
-                )
-            except PermissionError:
-                pass  # a reader without write access never locks; acquire() would say so
+            # A reader without write access never locks (acquire() would say so).
+            with contextlib.suppress(PermissionError):
+                flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
+                os.close(os.open(LOCK_FILE, flags, 0o640, dir_fd=dir_fd))
 
     @property
     def held(self) -> bool:
