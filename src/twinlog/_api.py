@@ -99,7 +99,7 @@ class TwinLog:
         self._local = LogStore(self._local_ops, config.node, fsync=config.fsync)
         self._stuck = StuckRegistry(config.log_dir)
         self._remote = RemoteDir(os.fspath(config.peer_dir), on_stuck=self._stuck.add)
-        self._peer_ops = RemoteOps(self._remote, config.io_timeout)
+        self._peer_ops = RemoteOps(self._remote, config.io_timeout, config.lock_timeout)
         self._peer = LogStore(self._peer_ops, config.peer, fsync=config.fsync)
         self._last_reason = "ok"
         _instances.add(self)

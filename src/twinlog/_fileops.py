@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+from collections.abc import Callable
 from typing import Any
 
 from twinlog._locks import LOCK_FILE, OfdLock, PosixLock
@@ -110,12 +111,17 @@ class DirOps:
         return (st.st_dev, st.st_ino)
 
     # -- lock ---------------------------------------------------------------------------
-    def lock(self, timeout: float | None) -> None:
+    def lock(self, timeout: float | None, on_wait: Callable[[], None] | None = None) -> None:
+        """Take the directory's lock. ``on_wait`` (POSIX kind only) is called now and then while
+        the lock is busy, after an attempt the file system answered."""
         if self._lock is None:
             # Made on first use: a reader that never locks needs no write access.
             kind = OfdLock if self._lock_kind == "ofd" else PosixLock
             self._lock = kind(self.dir_fd, create=self._create_lock_file)
-        self._lock.acquire(timeout)
+        if isinstance(self._lock, PosixLock):
+            self._lock.acquire(timeout, on_wait=on_wait)
+        else:
+            self._lock.acquire(timeout)
 
     def unlock(self) -> None:
         if self._lock is not None:

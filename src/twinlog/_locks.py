@@ -27,6 +27,7 @@ import random
 import struct
 import threading
 import time
+from collections.abc import Callable
 
 from twinlog.exceptions import LockTimeoutError
 
@@ -76,26 +77,22 @@ class PosixLock:
     def held(self) -> bool:
         return self._held
 
-    def acquire(self, timeout: float | None) -> None:
-        """Take the lock, polling with backoff; raise LockTimeoutError after ``timeout`` seconds.
+    def acquire(self, timeout: float | None, *, on_wait: Callable[[], None] | None = None) -> None:
+        """Take the lock, polling with backoff; raise LockTimeoutError after ``timeout`` seconds
+        (``None``: no limit, for the peer worker, whose parent kills it when it takes too long).
 
-        ``timeout=None`` waits in the kernel (F_SETLKW), first come first served: only for a
-        process that its parent kills when it waits too long (the peer worker).
+        Polling, not F_SETLKW: each attempt that returns proves the file system (an NFS server)
+        is alive, and ``on_wait`` is called after such attempts (at most every 0.2 s) so the
+        worker can tell its parent "busy, not dead". A blocking wait would look the same
+        whether the lock is busy or the server is gone.
         """
-        if timeout is None:
-            self._mutex.acquire()
-            try:
-                fcntl.lockf(self._fd, fcntl.LOCK_EX)
-            except BaseException:
-                self._mutex.release()
-                raise
-            self._held = True
-            return
-        deadline = time.monotonic() + timeout
-        if not self._mutex.acquire(timeout=max(timeout, 0.0)):
+        deadline = None if timeout is None else time.monotonic() + timeout
+        wait = -1 if timeout is None else max(timeout, 0.0)
+        if not self._mutex.acquire(timeout=wait):
             raise LockTimeoutError(f"lock busy in this process for more than {timeout:.3g}s")
         try:
             delay = 0.0002
+            last_beat = time.monotonic()
             while True:
                 try:
                     fcntl.lockf(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -104,7 +101,11 @@ class PosixLock:
                 except OSError as exc:
                     if exc.errno not in (errno.EAGAIN, errno.EACCES):
                         raise
-                remaining = deadline - time.monotonic()
+                now = time.monotonic()
+                if on_wait is not None and now - last_beat >= 0.2:
+                    on_wait()
+                    last_beat = now
+                remaining = 1.0 if deadline is None else deadline - now
                 if remaining <= 0:
                     raise LockTimeoutError(
                         f"lock {LOCK_FILE} held by another process or host for more than "

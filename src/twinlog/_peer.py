@@ -7,7 +7,6 @@ from typing import Any
 from twinlog._fileops import CACHE_FILE, LOG_FILE
 from twinlog._store import CHUNK
 from twinlog._worker import RemoteDir
-from twinlog.exceptions import PeerError
 
 __all__ = ["RemoteOps"]
 
@@ -19,9 +18,10 @@ class RemoteOps:
     time has its worker killed first.
     """
 
-    def __init__(self, remote: RemoteDir, io_timeout: float) -> None:
+    def __init__(self, remote: RemoteDir, io_timeout: float, lock_patience: float) -> None:
         self.remote = remote
         self.io_timeout = io_timeout
+        self.lock_patience = lock_patience
 
     def _call(self, op: str, *args: Any) -> Any:
         return self.remote.call(op, *args, timeout=self.io_timeout)
@@ -42,19 +42,23 @@ class RemoteOps:
         probe_timeout: float,
         log_offset: int | None,
     ) -> tuple[tuple[int, int, bytes] | None, bool]:
-        """:meth:`connect`, then (in the same round trip) the log's new bytes from
-        ``log_offset`` and whether the peer has a cache. Skipped when ``log_offset`` is None."""
-        self.remote.call("check_dir", expected_node, not_dev_ino, timeout=probe_timeout)
-        ops: list[tuple[str, tuple[Any, ...]]] = [("lock", (None,))]
+        """:meth:`connect`, then the log's new bytes from ``log_offset`` and whether the peer has
+        a cache (skipped when ``log_offset`` is None), all in one round trip.
+
+        Deadlines: the identity check answers within ``probe_timeout``; then, while the lock is
+        busy, every attempt of the worker must answer within ``io_timeout`` (a dead server stops
+        answering, a busy one does not), for at most ``lock_patience`` seconds in all.
+        """
+        locked: list[tuple[str, tuple[Any, ...]]] = [("lock", (None,))]
         if log_offset is not None:
-            ops += [("tail", (LOG_FILE, log_offset, CHUNK)), ("stat", (CACHE_FILE,))]
-        try:
-            # Waited for in the kernel like local waiters; the worker is killed if it overruns.
-            results = self.remote.batch(ops, timeout=self.io_timeout)
-        except PeerError as exc:
-            if exc.reason == "timeout":
-                raise PeerError("busy", exc.detail) from None
-            raise
+            locked += [("tail", (LOG_FILE, log_offset, CHUNK)), ("stat", (CACHE_FILE,))]
+        _, results = self.remote.stages(
+            [
+                ([("check_dir", (expected_node, not_dev_ino))], probe_timeout),
+                (locked, self.io_timeout),
+            ],
+            patience=self.lock_patience,
+        )
         if log_offset is None:
             return None, False
         return results[1], results[2] is not None

@@ -157,37 +157,63 @@ class RemoteDir:
         return self.batch([(op, args)], timeout=timeout)[0]
 
     def batch(self, ops: list[tuple[str, tuple[Any, ...]]], *, timeout: float) -> list[Any]:
-        """Run ``ops`` in order in the worker; all must answer within ``timeout`` seconds.
+        """Run ``ops`` in order in the worker; all must answer within ``timeout`` seconds."""
+        return self.stages([(ops, timeout)])[0]
 
-        Raises PeerError("timeout") after killing the worker, PeerError("io_error") when an
-        operation fails (the worker stays), or the worker's own exception for programming errors.
+    def stages(
+        self,
+        stages: list[tuple[list[tuple[str, tuple[Any, ...]]], float]],
+        *,
+        patience: float = 0.0,
+    ) -> list[list[Any]]:
+        """Send every stage's operations at once (one round trip); the worker answers each stage
+        as it completes, and each answer must come within that stage's timeout of the previous.
+
+        While the worker is waiting for a lock it sends a heartbeat after each attempt that the
+        server answered (busy, not dead); each one restarts the stage's timeout, for at most
+        ``patience`` seconds in all. Raises PeerError("timeout") after killing the worker,
+        PeerError("busy") when the patience ran out, PeerError with the failure's reason when an
+        operation failed (the worker stays).
         """
-        deadline = time.monotonic() + timeout
         if self._proc is None or self._proc.poll() is not None:
             self._proc = self._spawn()
-            deadline = time.monotonic() + timeout
         proc = self._proc
         assert proc.stdin is not None
         assert proc.stdout is not None
-        addressed = [(op, (self.path, *args)) for op, args in ops]
+        addressed = [[(op, (self.path, *args)) for op, args in ops] for ops, _ in stages]
         payload = pickle.dumps(addressed, protocol=pickle.HIGHEST_PROTOCOL)
+        results: list[list[Any]] = []
+        started = time.monotonic()
         try:
-            _write_frame(proc.stdin.fileno(), payload, deadline)
-            reply = _read_frame(proc.stdout.fileno(), deadline)
+            _write_frame(proc.stdin.fileno(), payload, started + stages[0][1])
+            for _ops, timeout in stages:
+                deadline = time.monotonic() + timeout
+                while True:
+                    status, value = pickle.loads(_read_frame(proc.stdout.fileno(), deadline))
+                    if status != "beat":
+                        break
+                    if time.monotonic() - started > patience:
+                        self._abandon()
+                        raise PeerError("busy", f"peer lock held for more than {patience:.3g}s")
+                    deadline = time.monotonic() + timeout
+                if status != "ok":
+                    kind, errno_, text = value
+                    reason = "io_error"
+                    if kind == "identity":
+                        reason = text.split(":", 1)[0]
+                    elif kind == "lock":
+                        reason = "busy"
+                    raise PeerError(reason, text + (f" [errno {errno_}]" if errno_ else ""))
+                results.append(list(value))
         except TimeoutError:
             self._abandon()
-            raise PeerError("timeout", f"no answer within {timeout:.3g}s") from None
+            raise PeerError("timeout", "no answer in time") from None
         except (OSError, EOFError) as exc:
+            if isinstance(exc, PeerError):
+                raise
             self._abandon()
             raise PeerError("io_error", f"peer worker died: {exc}") from None
-        status, value = pickle.loads(reply)
-        if status == "ok":
-            return list(value)
-        kind, errno_, text = value
-        reason = {"identity": "unreachable", "lock": "busy"}.get(kind, "io_error")
-        if kind == "identity":
-            reason = text.split(":", 1)[0]
-        raise PeerError(reason, text + (f" [errno {errno_}]" if errno_ else ""))
+        return results
 
 
 def _stop_all(procs: list[subprocess.Popen[bytes]]) -> None:
@@ -257,6 +283,16 @@ def serve(stdin_fd: int = 0, stdout_fd: int = 1) -> None:
     dirs: dict[str, DirOps] = {}
     ready = pickle.dumps(("ready", os.getpid()))
     os.write(stdout_fd, _HEADER.pack(len(ready)) + ready)
+
+    def send(reply: tuple[str, Any]) -> None:
+        data = pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL)
+        out = memoryview(_HEADER.pack(len(data)) + data)
+        while out:
+            out = out[os.write(stdout_fd, out) :]
+
+    def heartbeat() -> None:
+        send(("beat", None))
+
     while True:
         header = _read_blocking(stdin_fd, _HEADER.size)
         if header is None:
@@ -264,24 +300,29 @@ def serve(stdin_fd: int = 0, stdout_fd: int = 1) -> None:
         payload = _read_blocking(stdin_fd, _HEADER.unpack(header)[0])
         if payload is None:
             return
-        results: list[Any] = []
-        try:
-            for op, args in pickle.loads(payload):
-                path, rest = args[0], args[1:]
-                target = dirs.get(path)
-                if target is None:
-                    target = dirs[path] = DirOps(path)
-                results.append(target.call(op, rest))
-            reply: tuple[str, Any] = ("ok", results)
-        except IdentityError as exc:
-            reply = ("err", ("identity", None, str(exc)))
-        except LockTimeoutError as exc:
-            reply = ("err", ("lock", None, f"{op}: {exc}"))
-        except OSError as exc:
-            reply = ("err", ("os", exc.errno, f"{op}: {exc.strerror or exc}"))
-        except Exception as exc:
-            reply = ("err", ("other", None, f"{op}: {type(exc).__name__}: {exc}"))
-        data = pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL)
-        out = memoryview(_HEADER.pack(len(data)) + data)
-        while out:
-            out = out[os.write(stdout_fd, out) :]
+        for stage in pickle.loads(payload):
+            results: list[Any] = []
+            op = "?"
+            try:
+                for op, args in stage:
+                    path, rest = args[0], args[1:]
+                    target = dirs.get(path)
+                    if target is None:
+                        target = dirs[path] = DirOps(path)
+                    if op == "lock":
+                        target.lock(rest[0], on_wait=heartbeat)
+                        results.append(None)
+                    else:
+                        results.append(target.call(op, rest))
+                reply: tuple[str, Any] = ("ok", results)
+            except IdentityError as exc:
+                reply = ("err", ("identity", None, str(exc)))
+            except LockTimeoutError as exc:
+                reply = ("err", ("lock", None, f"{op}: {exc}"))
+            except OSError as exc:
+                reply = ("err", ("os", exc.errno, f"{op}: {exc.strerror or exc}"))
+            except Exception as exc:
+                reply = ("err", ("other", None, f"{op}: {type(exc).__name__}: {exc}"))
+            send(reply)
+            if reply[0] != "ok":
+                break  # the later stages depended on this one
