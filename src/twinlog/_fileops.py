@@ -228,6 +228,15 @@ class DirOps:
             os.close(fd)
         return size - keep
 
+    def fsync_file(self, name: str) -> None:
+        """Make everything written to ``name`` so far durable (through a fresh descriptor:
+        fsync covers the file's data whoever wrote it)."""
+        fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=self.dir_fd)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
     def unlink(self, name: str) -> bool:
         try:
             os.unlink(name, dir_fd=self.dir_fd)
@@ -280,6 +289,7 @@ _OPS = frozenset(
         "append",
         "repair_tail",
         "unlink",
+        "fsync_file",
         "replace",
         "rename",
         "listdir",

@@ -95,6 +95,9 @@ class RemoteOps:
         cut: int = self._call("repair_tail", name)
         return cut
 
+    def fsync_file(self, name: str) -> None:
+        self._call("fsync_file", name)
+
     def unlink(self, name: str) -> bool:
         done: bool = self._call("unlink", name)
         return done

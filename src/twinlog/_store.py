@@ -35,6 +35,7 @@ __all__ = [
 INDEX_FILE = "twinlog.idx"
 SEGMENTS_FILE = "twinlog.segments"
 CHUNK = 1 << 20
+DRAIN_CHUNK = 4 << 20
 CHECKPOINT_EVERY = 1 << 20
 _TAIL_BYTES = 48
 _SEGMENT_RE = re.compile(r"twinlog\.log\.(\d+)")
@@ -52,6 +53,7 @@ class Ops(Protocol):
     def tail(self, name: str, offset: int, limit: int) -> tuple[int, int, bytes] | None: ...
     def append(self, name: str, chunks: list[bytes], fsync: bool) -> int: ...
     def repair_tail(self, name: str) -> int: ...
+    def fsync_file(self, name: str) -> None: ...
     def unlink(self, name: str) -> bool: ...
     def replace(self, name: str, data: bytes, fsync: bool) -> None: ...
     def rename(self, src: str, dst: str) -> None: ...
@@ -369,27 +371,51 @@ class LogStore:
 
     # -- appending ------------------------------------------------------------------------
     def append_lines(
-        self, lines: list[bytes], *, one_write_per_line: bool, release: bool = False
+        self,
+        lines: list[bytes],
+        *,
+        one_write_per_line: bool,
+        release: bool = False,
+        durable: bool = True,
     ) -> None:
         """Append complete lines to the active log (fsync per config) and account for them.
 
         ``release``: the same round trip also unlocks the directory (peer stores only).
+        ``durable=False`` leaves the fsync to a later :meth:`sync` (a drain's many chunks).
         """
         if not lines:
             return
         state = self.state
         assert state is not None, "refresh() first"
         chunks = lines if one_write_per_line else _pack(lines)
+        fsync = self.fsync and durable
         if release:
-            size = self.ops.append_and_release(LOG_FILE, chunks, self.fsync)  # type: ignore[attr-defined]
+            size = self.ops.append_and_release(LOG_FILE, chunks, fsync)  # type: ignore[attr-defined]
         else:
-            size = self.ops.append(LOG_FILE, chunks, self.fsync)
+            size = self.ops.append(LOG_FILE, chunks, fsync)
         if state.ino is None:
             st = self.ops.stat(LOG_FILE)
             state.ino = st[1] if st else None
         state.absorb(lines)
         state.tail = (state.tail + b"".join(lines[-2:]))[-_TAIL_BYTES:]
         state.offset = size
+
+    def append_run(self, block: bytes, origin: str, last_seq: int, last_ts: str) -> None:
+        """Append a block of complete lines known to be ``origin``'s entries up to
+        ``last_seq`` (checked by the caller), without fsync: see :meth:`sync`."""
+        state = self.state
+        assert state is not None, "refresh() first"
+        size = self.ops.append(LOG_FILE, [block], False)
+        if last_seq > state.hwm.get(origin, 0):
+            state.hwm[origin] = last_seq
+        state.max_ts = max(state.max_ts, last_ts)
+        state.tail = (state.tail + block[-_TAIL_BYTES:])[-_TAIL_BYTES:]
+        state.offset = size
+
+    def sync(self) -> None:
+        """fsync the active log (after non-durable appends), if the config asks for fsync."""
+        if self.fsync:
+            self.ops.fsync_file(LOG_FILE)
 
     def append_cache(self, lines: list[bytes]) -> None:
         self.ops.append(CACHE_FILE, lines, self.fsync)
@@ -413,7 +439,24 @@ class LogStore:
     # -- reading entries of one origin ------------------------------------------------------
     def iter_cache(self) -> Iterator[list[bytes]]:
         """The cache file's complete lines, in chunks."""
-        yield from self._iter_file(CACHE_FILE, 0, None)
+        for block in self.iter_cache_blocks():
+            yield block.splitlines(keepends=True)
+
+    def iter_cache_blocks(self) -> Iterator[bytes]:
+        """The cache file in blocks of whole lines (a torn last line left out)."""
+        offset = 0
+        rest = b""
+        while True:
+            data = self.ops.read(CACHE_FILE, offset, DRAIN_CHUNK)
+            if not data:
+                return
+            offset += len(data)
+            if rest:
+                data = rest + data
+            end = data.rfind(b"\n") + 1
+            rest = data[end:]
+            if end:
+                yield data[:end] if rest else data
 
     def _iter_file(self, name: str, offset: int, end: int | None) -> Iterator[list[bytes]]:
         rest = b""

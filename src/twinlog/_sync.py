@@ -12,8 +12,6 @@ running it twice, or again after a crash at any point, adds nothing twice.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 from twinlog import _failpoints
 from twinlog._store import LogStore
 from twinlog.entry import parse_key
@@ -26,9 +24,10 @@ def transfer(src: LogStore, dst: LogStore, origin: str) -> int:
 
     ``src`` must be ``origin``'s own directory (whose log holds all of origin's entries and whose
     cache lists those not yet delivered). Both stores must be refreshed and locked. Returns the
-    number of entries appended. The cache is read first (cheap: just the undelivered entries);
-    where it has a gap (a crash between the log append and the cache append), the rest comes
-    from ``src``'s log.
+    number of entries appended, which are durable (fsync) when it returns. The cache is read
+    first (cheap: just the undelivered entries, copied a block at a time when a block is exactly
+    the next run of seqs); where it has a gap (a crash between the log append and the cache
+    append), the rest comes from ``src``'s log, line by line.
     """
     assert src.state is not None
     assert dst.state is not None
@@ -39,31 +38,60 @@ def transfer(src: LogStore, dst: LogStore, origin: str) -> int:
     next_seq = have + 1
     moved = 0
 
-    def take(chunks: Iterator[list[bytes]]) -> bool:
-        """Append contiguous lines from ``chunks``; False at the first gap."""
+    def take(lines: list[bytes]) -> bool:
+        """Append the contiguous lines that come next; False at the first gap."""
         nonlocal next_seq, moved
-        for lines in chunks:
-            picked: list[bytes] = []
-            gap = False
-            for line in lines:
-                key = parse_key(line)
-                if key is None or key[0] != origin or key[1] < next_seq:
-                    continue
-                if key[1] > next_seq or key[1] > want:
-                    gap = key[1] > next_seq
-                    break
-                picked.append(line)
-                next_seq += 1
-            if picked:
-                dst.append_lines(picked, one_write_per_line=False)
-                moved += len(picked)
-                if _failpoints.ACTIVE:
-                    _failpoints.hit("mid_transfer")
-            if gap or next_seq > want:
-                return not gap
-        return True
+        picked: list[bytes] = []
+        gap = False
+        for line in lines:
+            key = parse_key(line)
+            if key is None or key[0] != origin or key[1] < next_seq:
+                continue
+            if key[1] > next_seq or key[1] > want:
+                gap = key[1] > next_seq
+                break
+            picked.append(line)
+            next_seq += 1
+        if picked:
+            dst.append_lines(picked, one_write_per_line=False, durable=False)
+            moved += len(picked)
+        return not gap
 
-    take(src.iter_cache())
+    for block in src.iter_cache_blocks():
+        if next_seq > want:
+            break
+        run = _next_run(block, origin, next_seq, want)
+        if run is not None:
+            count, last_seq, last_ts = run
+            dst.append_run(block, origin, last_seq, last_ts)
+            next_seq = last_seq + 1
+            moved += count
+        elif not take(block.splitlines(keepends=True)):
+            break
+        if _failpoints.ACTIVE:
+            _failpoints.hit("mid_transfer")
     if next_seq <= want:
-        take(src.iter_origin_after(origin, next_seq - 1))
+        for lines in src.iter_origin_after(origin, next_seq - 1):
+            if not take(lines) or next_seq > want:
+                break
+            if _failpoints.ACTIVE:
+                _failpoints.hit("mid_transfer")
+    if moved:
+        dst.sync()
     return moved
+
+
+def _next_run(block: bytes, origin: str, next_seq: int, want: int) -> tuple[int, int, str] | None:
+    """``(count, last seq, last ts)`` if ``block`` is exactly ``origin``'s entries
+    ``next_seq, next_seq + 1, ...`` (at most ``want``), judged from its first and last lines and
+    its line count: a cache holds one origin's entries in order, so this is the common case."""
+    first_end = block.find(b"\n") + 1
+    last_start = block.rfind(b"\n", 0, len(block) - 1) + 1
+    first = parse_key(block[:first_end])
+    last = parse_key(block[last_start:])
+    if first is None or last is None or first[0] != origin or last[0] != origin:
+        return None
+    count = block.count(b"\n")
+    if first[1] != next_seq or last[1] != next_seq + count - 1 or last[1] > want:
+        return None
+    return count, last[1], last[2]
