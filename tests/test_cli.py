@@ -145,7 +145,7 @@ def test_usage_errors(
 def test_help_and_version(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(capsys, "--help")
     assert code == 0
-    for name in ("init", "write", "tail", "status", "reconcile", "verify", "demo"):
+    for name in ("init", "write", "tail", "status", "reconcile", "verify", "rotate", "demo"):
         assert name in out
     code, out, _ = run(capsys, "--version")
     assert code == 0 and out.startswith("twinlog ")
@@ -683,3 +683,17 @@ def test_broken_pipe_is_quiet(conf: dict[str, str], pair: Pair) -> None:
     )
     assert done.stdout.count("\n") == 1 and "entry 0" in done.stdout
     assert done.stderr == ""
+
+
+def test_rotate(capsys: pytest.CaptureFixture[str], conf: dict[str, str], pair: Pair) -> None:
+    assert run(capsys, "write", "one", config=conf["a"])[0] == 0
+    code, out, _ = run(capsys, "rotate", config=conf["a"])
+    assert code == 0
+    assert out == f"rotated {pair.log_dir('a') / 'twinlog.log'} -> twinlog.log.1\n"
+    assert (pair.log_dir("a") / "twinlog.log.1").exists()
+    code, out, _ = run(capsys, "rotate", "--json", config=conf["a"])
+    assert code == 0 and json.loads(out)["rotated"] is None
+    code, out, _ = run(capsys, "rotate", config=conf["a"])
+    assert out == "nothing to rotate: the active log is empty\n"
+    code, out, _ = run(capsys, "tail", "--json", config=conf["b"])
+    assert [json.loads(line)["msg"] for line in out.splitlines()] == ["one"]

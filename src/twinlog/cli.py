@@ -1,4 +1,4 @@
-"""The ``twinlog`` command: init, write, tail, status, reconcile, verify, demo.
+"""The ``twinlog`` command: init, write, tail, status, reconcile, verify, rotate, demo.
 
 Every command is one :class:`Command` in :data:`COMMANDS` (a name, a function adding its
 arguments, a function running it); adding one is adding an entry there. ``main(argv)`` returns the
@@ -728,6 +728,32 @@ def cmd_reconcile(args: argparse.Namespace, con: Console) -> int:
     return 0 if result.peer_reachable else 1
 
 
+# -- rotate -------------------------------------------------------------------------------
+def _args_rotate(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="the result as one JSON object")
+
+
+def cmd_rotate(args: argparse.Namespace, con: Console) -> int:
+    cfg = load_config(args)
+    with TwinLog(cfg) as log:
+        result = log.rotate()
+    if args.json:
+        con.print(json.dumps(result.to_dict()))
+        return 0
+    if result.rotated:
+        con.print(f"rotated {cfg.log_dir / 'twinlog.log'} -> {result.rotated}")
+    else:
+        con.print("nothing to rotate: the active log is empty")
+    if result.expired:
+        con.print(f"expired (retention): {', '.join(result.expired)}")
+    elif not result.peer_reachable and (cfg.retain_segments or cfg.retain_days):
+        con.print(
+            f"retention skipped: peer {cfg.peer} not reachable ({_reason_text(result.reason)}); "
+            "old segments are kept until it has every entry"
+        )
+    return 0
+
+
 # -- verify -------------------------------------------------------------------------------
 def _args_verify(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="the result as one JSON object")
@@ -801,6 +827,12 @@ COMMANDS: tuple[Command, ...] = (
     ),
     Command(
         "verify", "compare both nodes' logs entry by entry (0 in sync)", _args_verify, cmd_verify
+    ),
+    Command(
+        "rotate",
+        "make the active log a segment, then apply retention",
+        _args_rotate,
+        cmd_rotate,
     ),
     Command(
         "demo",
