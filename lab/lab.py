@@ -41,7 +41,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
-    lab = Lab()
+    lab = Lab(warm=not args.cold)
     try:
         lab.up()
     except BaseException:
@@ -90,7 +90,7 @@ def _cmd_proof(args: argparse.Namespace) -> int:
 
 
 def _cmd_smoke(args: argparse.Namespace) -> int:
-    with Lab() as lab:
+    with Lab(warm=not args.cold) as lab:
         return _report(proof.run_proof(lab))
 
 
@@ -121,6 +121,7 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("build").set_defaults(func=_cmd_build)
     up = sub.add_parser("up")
     up.add_argument("--wait", action="store_true", help="keep the VMs until Ctrl-C")
+    up.add_argument("--cold", action="store_true", help="boot cold, not from saved states")
     up.set_defaults(func=_cmd_up)
     sub.add_parser("down").set_defaults(func=_cmd_down)
     sub.add_parser("status").set_defaults(func=_cmd_status)
@@ -136,7 +137,9 @@ def _parser() -> argparse.ArgumentParser:
     link.add_argument("state", choices=["up", "down"])
     link.set_defaults(func=_cmd_link)
     sub.add_parser("proof").set_defaults(func=_cmd_proof)
-    sub.add_parser("smoke").set_defaults(func=_cmd_smoke)
+    smoke = sub.add_parser("smoke")
+    smoke.add_argument("--cold", action="store_true", help="boot cold, not from saved states")
+    smoke.set_defaults(func=_cmd_smoke)
     return parser
 
 

@@ -8,11 +8,12 @@ import shlex
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
 
-from twinlab import vm
+from twinlab import vm, warm
 from twinlab.image import Image, Recipe, ensure_image
 from twinlab.monitor import monitor_command
 from twinlab.paths import RUN_DIR
@@ -40,9 +41,12 @@ class Lab:
     `Lab.attach()` / `Lab.cleanup()` from a later process.
     """
 
-    def __init__(self, run_dir: Path = RUN_DIR, recipe: Recipe | None = None) -> None:
+    def __init__(
+        self, run_dir: Path = RUN_DIR, recipe: Recipe | None = None, warm: bool = True
+    ) -> None:
         self.run_dir = run_dir
         self.recipe = recipe or Recipe()
+        self.warm = warm
         self.image: Image | None = None
         self.ports: dict[str, Ports] = {}
         self.pids: dict[str, int] = {}
@@ -66,22 +70,68 @@ class Lab:
         self.down()
 
     def up(self) -> None:
-        """Build the image if needed, boot both VMs in parallel, wait for ssh on both."""
+        """Build the image if needed, start both VMs in parallel, wait for ssh on both.
+
+        With warm=True (the default) the VMs are loaded from saved booted states (seconds); the
+        first run for an image boots cold once and saves those states.
+        """
         left = Lab.cleanup(self.run_dir)
         if left:
             _log(f"cleaned leftovers of an earlier run: {', '.join(left)}")
-        self.image = ensure_image(self.recipe)
+        image = self.image = ensure_image(self.recipe)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._allocate_ports()
         started = time.monotonic()
-        for node in NODES:
-            vm.create_overlay(self.image, self.files(node.name))
-            self._start(node)
-        self._save_state()
-        with ThreadPoolExecutor(len(NODES)) as pool:
-            list(pool.map(self._wait_ready, NODES))
+        if not self.warm:
+            self._boot_all_cold()
+        else:
+            snapshot = warm.warm_for(image)
+            if not snapshot.complete():
+                self._boot_all_cold()
+                self._save_all_warm(snapshot)
+                _log(f"booted cold and saved warm states in {time.monotonic() - started:.0f} s")
+            self._load_all_warm(snapshot)
+        self._parallel(self._set_clock)
         self.write_inventory()
         _log(f"both VMs up in {time.monotonic() - started:.0f} s")
+
+    def _boot_all_cold(self) -> None:
+        for node in NODES:
+            vm.create_overlay(self._image().base, self.files(node.name))
+            self._start(node)
+        self._save_state()
+        self._parallel(self._wait_ready)
+
+    def _save_all_warm(self, snapshot: warm.Warm) -> None:
+        warm.prepare(snapshot)
+        self._parallel(lambda node: self._save_warm(node, snapshot))
+        warm.finish(snapshot)
+
+    def _save_warm(self, node: Node, snapshot: warm.Warm) -> None:
+        state = self.ssh(node.name, "systemctl is-system-running --wait; sync", check=False)
+        _log(f"{node.name} settled ({state.stdout.strip()}); saving its state")
+        stop_master(self.files(node.name).ssh_control)
+        warm.save(snapshot, node.name, self.pids.pop(node.name), self.files(node.name))
+
+    def _load_all_warm(self, snapshot: warm.Warm) -> None:
+        for node in NODES:
+            self._load_warm(node, snapshot)
+        self._save_state()
+        self._parallel(self._wait_ready)
+
+    def _load_warm(self, node: Node, snapshot: warm.Warm) -> None:
+        files = self.files(node.name)
+        vm.create_overlay(snapshot.disk(node.name), files)
+        self._start(node, snapshot.incoming_args(node.name))
+        warm.resume(files)
+
+    def _parallel(self, step: Callable[[Node], None]) -> None:
+        with ThreadPoolExecutor(len(NODES)) as pool:
+            list(pool.map(step, NODES))
+
+    def _set_clock(self, node: Node) -> None:
+        """A loaded VM's clock is where it was when saved: set it to the host's."""
+        self.ssh(node.name, f"date -s @{time.time():.3f} >/dev/null")
 
     def down(self) -> None:
         for node in NODES:
@@ -201,15 +251,25 @@ class Lab:
         stop_master(files.ssh_control)
         self._save_state()
 
-    def boot(self, node: str, wait: bool = True) -> None:
-        """Start a killed VM again from its own disk (a reboot after a crash)."""
+    def boot(self, node: str, wait: bool = True, fresh: bool = False) -> None:
+        """Start a killed VM again.
+
+        Default: boot cold from its own disk, as a crashed machine reboots (1-3 minutes under
+        TCG). fresh=True: load the warm state on a new disk instead (seconds; disk changes of
+        this run are lost, as if the machine were replaced).
+        """
         target = node_named(node)
         if target.name in self.pids:
             raise RuntimeError(f"{target.name} is running; kill() it first")
-        self._start(target)
+        snapshot = warm.warm_for(self._image())
+        if fresh and snapshot.complete():
+            self._load_warm(target, snapshot)
+        else:
+            self._start(target)
         self._save_state()
         if wait:
             self._wait_ready(target)
+            self._set_clock(target)
 
     # -- inventory -----------------------------------------------------------------------------
 
@@ -256,9 +316,9 @@ class Lab:
             for name in udp
         }
 
-    def _start(self, node: Node) -> None:
+    def _start(self, node: Node, extra: tuple[str, ...] = ()) -> None:
         self.pids[node.name] = vm.start(
-            node, self.ports[node.name], self._image(), self.files(node.name)
+            node, self.ports[node.name], self._image(), self.files(node.name), extra
         )
 
     def _stop(self, node: Node) -> None:
@@ -280,7 +340,7 @@ class Lab:
                 raise TimeoutError(
                     f"no ssh to {node.name} after {BOOT_TIMEOUT:.0f} s:\n{_tail(files.console)}"
                 )
-            time.sleep(2)
+            time.sleep(1)
         target.start_master()
 
     def _save_state(self) -> None:

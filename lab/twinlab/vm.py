@@ -112,34 +112,35 @@ def qemu_command(node: Node, ports: Ports, image: Image, files: VmFiles) -> list
     # fmt: on
 
 
-def create_overlay(image: Image, files: VmFiles) -> None:
+def create_overlay(backing: Path, files: VmFiles) -> None:
+    """A fresh thin qcow2 for this run, on top of `backing` (base image or warm disk)."""
     files.overlay.unlink(missing_ok=True)
-    subprocess.run(
-        [
-            "qemu-img",
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-F",
-            "qcow2",
-            "-b",
-            str(image.base),
-            str(files.overlay),
-        ],
-        check=True,
-    )
+    cmd = ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(backing)]
+    subprocess.run([*cmd, str(files.overlay)], check=True)
 
 
-def start(node: Node, ports: Ports, image: Image, files: VmFiles) -> int:
-    """Start qemu daemonized; return its pid."""
+def start(
+    node: Node, ports: Ports, image: Image, files: VmFiles, extra: tuple[str, ...] = ()
+) -> int:
+    """Start qemu daemonized (plus `extra` arguments); return its pid."""
     files.pidfile.unlink(missing_ok=True)
-    result = subprocess.run(
-        qemu_command(node, ports, image, files), capture_output=True, text=True, check=False
-    )
+    cmd = [*qemu_command(node, ports, image, files), *extra]
+    result = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         raise RuntimeError(f"qemu for {node.name} failed to start: {result.stderr.strip()}")
     return int(files.pidfile.read_text().strip())
+
+
+def machine_signature(node: Node, image: Image) -> str:
+    """The qemu version and command line without ports and run paths.
+
+    A saved VM state can only be loaded into the same machine: this names that machine.
+    """
+    version = subprocess.run(
+        ["qemu-system-x86_64", "--version"], capture_output=True, text=True, check=True
+    ).stdout.splitlines()[0]
+    cmd = qemu_command(node, Ports(0, 0, 0), image, VmFiles(Path("/run-dir"), node.name))
+    return "\n".join([version, *cmd])
 
 
 def is_ours(pid: int, files: VmFiles) -> bool:
