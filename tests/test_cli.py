@@ -131,7 +131,7 @@ def test_log_dir_of_another_node(
         (["tail", "-n", "many"], ["expected a number or 'all'"]),
         (["write", "x", "--level", "LOUD"], ["unknown level", "WARNING"]),
         (["status", "--json", "--prometheus"], ["not allowed with"]),
-        (["rotate"], ["invalid choice"]),
+        (["rotate", "--bogus"], ["unrecognized arguments", "--bogus"]),
     ],
 )
 def test_usage_errors(
