@@ -144,6 +144,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Ctrl-C, kill and a closed terminal all end in the same teardown (SIGINT too when this was
+    # started in the background of a script, where it would otherwise be ignored).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _raise_interrupt)
     signal.signal(signal.SIGHUP, _raise_interrupt)
     args = _parser().parse_args(argv)
