@@ -56,6 +56,7 @@ __all__ = [
     "check_pair",
     "count_lock_wait_threads",
     "count_workers",
+    "describe_workers",
     "fault_pair",
     "new_tag",
     "parse_writer_output",
@@ -317,6 +318,27 @@ def count_workers(tag: str) -> int:
             if proc.environ().get(TAG_ENV) == tag:
                 count += 1
     return count
+
+
+def describe_workers(tag: str) -> list[str]:
+    """pid, parent, state, kernel wait channel and kernel stack of a run's live workers."""
+    found = []
+    for proc in psutil.process_iter(["cmdline", "status", "ppid"]):
+        with contextlib.suppress(psutil.Error, OSError):
+            if not any(WORKER_MARK in arg for arg in proc.info["cmdline"] or ()):
+                continue
+            if proc.environ().get(TAG_ENV) != tag:
+                continue
+            wchan = Path(f"/proc/{proc.pid}/wchan").read_text(errors="replace")
+            try:
+                stack = Path(f"/proc/{proc.pid}/stack").read_text(errors="replace")
+            except OSError:
+                stack = "?"
+            found.append(
+                f"pid {proc.pid} ppid {proc.info['ppid']} {proc.info['status']} "
+                f"wchan {wchan} stack {' | '.join(stack.split()[:12])}"
+            )
+    return found
 
 
 def new_tag() -> str:
@@ -805,12 +827,30 @@ class _Run:
         rep.workers_after_heal = wait_for_no_workers(self.tag, 10.0)
         if rep.workers_after_heal:
             rep.problems.append(f"{rep.workers_after_heal} peer workers still alive after healing")
+        if rep.workers_after_heal:
+            rep.problems.append(f"workers alive after healing: {describe_workers(self.tag)}")
         for node in NODES:
             with TwinLog(self.configs[node]) as twin:
                 result = twin.reconcile()
-            rep.reconcile[node] = result.to_dict()
-            if not result.peer_reachable:
-                rep.problems.append(f"reconcile on {node} after healing: {result.to_dict()}")
+                rep.reconcile[node] = result.to_dict()
+                if not result.peer_reachable:
+                    status = twin.status()
+                    rep.problems.append(
+                        f"reconcile on {node} after healing: {result.to_dict()}; status: "
+                        f"{status['peer_reason']} {status['peer_reason_text']!r}; "
+                        f"mounts {self.nemesis.modes}"
+                    )
+        for node in NODES:  # a failed reconcile: does it come right by itself? (diagnosis)
+            for attempt in range(3):
+                if rep.reconcile[node]["peer_reachable"]:
+                    break
+                time.sleep(3.0)
+                with TwinLog(self.configs[node]) as twin:
+                    rep.reconcile[node] = twin.reconcile().to_dict()
+                rep.problems.append(
+                    f"reconcile on {node}, retry {attempt + 1} after {3 * (attempt + 1)} s: "
+                    f"{rep.reconcile[node]}"
+                )
         rep.check = check_pair(self.pair, acks, self.configs)
         rep.elapsed = time.monotonic() - start
         self.log("history: " + rep.summary())
