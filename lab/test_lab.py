@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -46,7 +47,9 @@ def _run(name: str, lab: Lab, results: proof.ProofResults) -> None:
     """Run one step of the proof; fail on the checks it added."""
     first = len(results.checks)
     step = proof.setup if name == "setup" else proof.SCENARIOS[name]
+    started = time.monotonic()
     step(lab, results)
+    results.phases[name] = round(time.monotonic() - started, 1)
     failed = [
         f"{c.name}: expected {c.expected}, got {c.got}" for c in results.checks[first:] if not c.ok
     ]

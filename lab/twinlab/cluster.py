@@ -274,16 +274,22 @@ class Lab:
     # -- inventory -----------------------------------------------------------------------------
 
     def write_inventory(self) -> Path:
-        """An Ansible inventory for the two VMs (reached on 127.0.0.1 through forwards)."""
+        """An Ansible inventory for the two VMs, shaped like inventory/hosts.yml.
+
+        One pair group (pair_lab) under the group twinlog; Ansible connects through the
+        forwarded ports on 127.0.0.1; twinlog_address is each node's address on the link.
+        """
         path = self.run_dir / INVENTORY_FILE
-        lines = ["[twinlog]"]
+        lines = ["[pair_lab]"]
         for node in NODES:
-            peer = next(n for n in NODES if n != node)
             lines.append(
                 f"{node.name} ansible_host=127.0.0.1 ansible_port={self.ports[node.name].ssh} "
-                f"link_addr={node.link_addr} peer_name={peer.name} peer_addr={peer.link_addr}"
+                f"twinlog_node={node.name} twinlog_address={node.link_addr}"
             )
         lines += [
+            "",
+            "[twinlog:children]",
+            "pair_lab",
             "",
             "[twinlog:vars]",
             "ansible_user=root",
