@@ -41,10 +41,14 @@ def test_hung_peer_worker_is_abandoned_within_the_timeout(pair: Pair) -> None:
         if not Path(f"/proc/{pid}").exists():
             break
         time.sleep(0.01)
+    a.write("backing off")  # for probe_timeout + io_timeout, writes do not knock again
+    assert a.last_reason == "timeout"
+    assert a.peer_worker_stats()["spawned"] == 1
+    assert a.reconcile().peer_reachable  # an explicit reconcile does; so does a later write
     a.write("recovered")
     assert a.last_reason == "ok"
     assert a.peer_worker_stats()["spawned"] == 2
-    assert_converged(pair, ["a:1", "a:2", "a:3"])
+    assert_converged(pair, ["a:1", "a:2", "a:3", "a:4"])
 
 
 def test_worker_hung_mid_append_is_bounded_and_exactly_once(pair: Pair) -> None:

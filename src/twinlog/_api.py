@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import time
 import weakref
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -102,6 +103,7 @@ class TwinLog:
         self._peer_ops = RemoteOps(self._remote, config.io_timeout, config.lock_timeout)
         self._peer = LogStore(self._peer_ops, config.peer, fsync=config.fsync)
         self._last_reason = "ok"
+        self._backoff_until = 0.0
         _instances.add(self)
 
     def _init_local_dir(self) -> None:
@@ -182,7 +184,9 @@ class TwinLog:
         cfg = self.config
         _local, peer = self._local, self._peer
         result = ReconcileResult(peer_reachable=False, reason="ok")
-        reason = self._precheck()
+        # A write does not knock on a peer that just timed out (its callers would each wait out
+        # the timeout, holding our lock, and our peer's writers with them); reconcile does.
+        reason = self._precheck() or (self._backoff_reason() if batch else None)
         peer_ok = reason is None
         held_local = held_peer = False
         peer_tail: tuple[int, int, bytes] | None = None
@@ -237,7 +241,15 @@ class TwinLog:
             if held_local:
                 self._local_ops.unlock()
         self._last_reason = result.reason
+        if result.reason == "timeout" and not self._backoff_reason():
+            self._backoff_until = time.monotonic() + cfg.probe_timeout + cfg.io_timeout
+        elif result.peer_reachable:
+            self._backoff_until = 0.0
         return result
+
+    def _backoff_reason(self) -> str | None:
+        """While backing off from a peer that timed out, why (``"timeout"``); else None."""
+        return "timeout" if time.monotonic() < self._backoff_until else None
 
     def _lock_local(self) -> None:
         try:

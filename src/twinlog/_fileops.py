@@ -54,8 +54,12 @@ class DirOps:
         except FileNotFoundError:
             return "missing"
         if self._dir_fd is not None:
-            cur = os.fstat(self._dir_fd)
-            if (cur.st_dev, cur.st_ino) != (st.st_dev, st.st_ino):
+            try:
+                cur = os.fstat(self._dir_fd)
+                same = (cur.st_dev, cur.st_ino) == (st.st_dev, st.st_ino)
+            except OSError:  # ENOTCONN, ESTALE, EIO: the mount it was on is gone
+                same = False
+            if not same:
                 self.close()
         if self._dir_fd is None:
             self._dir_fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -93,11 +97,14 @@ class DirOps:
         return (size, ino, data)
 
     def close(self) -> None:
+        """Forget the directory (after its mount went away, closing may fail: never mind)."""
         if self._lock is not None and self._lock.held:
-            self._lock.release()
+            with contextlib.suppress(OSError):
+                self._lock.release()
         self._lock = None
         if self._dir_fd is not None:
-            os.close(self._dir_fd)
+            with contextlib.suppress(OSError):
+                os.close(self._dir_fd)
             self._dir_fd = None
 
     @property

@@ -51,6 +51,15 @@ def _reset_after_fork() -> None:
 os.register_at_fork(after_in_child=_reset_after_fork)
 
 
+def _same_file(fd: int, dir_fd: int) -> bool:
+    """Whether ``fd`` still is ``<dir>/twinlog.lock`` (and still usable)."""
+    try:
+        a, b = os.fstat(fd), os.stat(LOCK_FILE, dir_fd=dir_fd)
+    except OSError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
 class PosixLock:
     """Exclusive lock on ``<dir>/twinlog.lock`` that excludes other hosts, processes and threads.
 
@@ -65,7 +74,8 @@ class PosixLock:
         key = (dir_st.st_dev, dir_st.st_ino)
         with _registry_guard:
             fd = _open_fds.get(key)
-            if fd is None:
+            if fd is None or not _same_file(fd, dir_fd):
+                # (A descriptor left from a mount that went away is forgotten, not closed.)
                 flags = os.O_RDWR | os.O_CLOEXEC | (os.O_CREAT if create else 0)
                 fd = os.open(LOCK_FILE, flags, 0o640, dir_fd=dir_fd)
                 _open_fds[key] = fd
@@ -86,6 +96,11 @@ class PosixLock:
         worker can tell its parent "busy, not dead". A blocking wait would look the same
         whether the lock is busy or the server is gone.
         """
+        if self._held:
+            return  # already ours: POSIX locks belong to the process, taking it again is a no-op
+        if timeout is None and on_wait is not None:
+            self._acquire_watched(on_wait)
+            return
         deadline = None if timeout is None else time.monotonic() + timeout
         wait = -1 if timeout is None else max(timeout, 0.0)
         if not self._mutex.acquire(timeout=wait):
@@ -114,6 +129,44 @@ class PosixLock:
                 # Jitter so that waiters polling in step do not all lose to the releaser.
                 time.sleep(min(delay * (0.5 + random.random()), remaining))
                 delay = min(delay * 2, 0.001)
+        except BaseException:
+            self._mutex.release()
+            raise
+
+    def _acquire_watched(self, on_wait: Callable[[], None]) -> None:
+        """Wait in the kernel (F_SETLKW: first come, first served, like every other waiter) in a
+        helper thread, and meanwhile test the lock (F_GETLK, an RPC to an NFS server) every
+        0.2 s: each test that returns proves the server alive, and ``on_wait`` says so. On a
+        dead server the test hangs too, the heartbeats stop, and the parent kills us."""
+        self._mutex.acquire()
+        try:
+            try:
+                fcntl.lockf(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                self._held = True
+                return
+            except OSError as exc:
+                if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                    raise
+            outcome: list[BaseException | None] = []
+
+            def wait() -> None:
+                try:
+                    fcntl.lockf(self._fd, fcntl.LOCK_EX)
+                    outcome.append(None)
+                except BaseException as exc:  # handed to the waiting thread
+                    outcome.append(exc)
+
+            waiter = threading.Thread(target=wait, name="twinlog-peer-lock", daemon=True)
+            waiter.start()
+            while True:
+                waiter.join(0.2)
+                if not waiter.is_alive():
+                    break
+                fcntl.fcntl(self._fd, fcntl.F_GETLK, _FLOCK.pack(fcntl.F_WRLCK, 0, 0, 0, 0))
+                on_wait()
+            if outcome and outcome[0] is not None:
+                raise outcome[0]
+            self._held = True
         except BaseException:
             self._mutex.release()
             raise

@@ -309,6 +309,7 @@ def serve(stdin_fd: int = 0, stdout_fd: int = 1) -> None:
         payload = _read_blocking(stdin_fd, _HEADER.unpack(header)[0])
         if payload is None:
             return
+        locked: list[DirOps] = []  # locks taken by this request
         for stage in pickle.loads(payload):
             results: list[Any] = []
             op = "?"
@@ -320,9 +321,12 @@ def serve(stdin_fd: int = 0, stdout_fd: int = 1) -> None:
                         target = dirs[path] = DirOps(path)
                     if op == "lock":
                         target.lock(rest[0], on_wait=heartbeat)
+                        locked.append(target)
                         results.append(None)
                     else:
                         results.append(target.call(op, rest))
+                        if op == "unlock" and target in locked:
+                            locked.remove(target)
                 reply: tuple[str, Any] = ("ok", results)
             except IdentityError as exc:
                 reply = ("err", ("identity", None, str(exc)))
@@ -332,6 +336,12 @@ def serve(stdin_fd: int = 0, stdout_fd: int = 1) -> None:
                 reply = ("err", ("os", exc.errno, f"{op}: {exc.strerror or exc}"))
             except Exception as exc:
                 reply = ("err", ("other", None, f"{op}: {type(exc).__name__}: {exc}"))
-            send(reply)
             if reply[0] != "ok":
+                # The caller sees only the failure, so it will not unlock what this request
+                # locked: let go here, or the lock stays held (by us, on the peer) for good.
+                for target in locked:
+                    with contextlib.suppress(OSError):
+                        target.unlock()
+                send(reply)
                 break  # the later stages depended on this one
+            send(reply)
