@@ -86,7 +86,10 @@ def _cmd_link(args: argparse.Namespace) -> int:
 
 
 def _cmd_proof(args: argparse.Namespace) -> int:
-    return _report(proof.run_proof(Lab.attach()))
+    lab = Lab.attach()
+    code = _report(proof.run_proof(lab))
+    lab.boot(proof.CLIENT, fresh=True)  # dead_peer killed it: leave a usable lab behind
+    return code
 
 
 def _cmd_smoke(args: argparse.Namespace) -> int:

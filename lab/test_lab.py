@@ -9,10 +9,12 @@ time it takes). Results are written to lab/run/proof-results.json.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import FrameType
 
 import pytest
 
@@ -28,10 +30,19 @@ pytestmark = [
 ]
 
 
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
-    with Lab() as running:
-        yield running
+    """Both VMs for the module; a SIGTERM (CI timeout) still tears them down."""
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        with Lab() as running:
+            yield running
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @pytest.fixture(scope="module")

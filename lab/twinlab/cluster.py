@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
 
-from twinlab import vm, warm
+from twinlab import hostdeps, vm, warm
 from twinlab.image import Image, Recipe, ensure_image
 from twinlab.monitor import monitor_command
 from twinlab.paths import RUN_DIR
@@ -78,6 +78,7 @@ class Lab:
         left = Lab.cleanup(self.run_dir)
         if left:
             _log(f"cleaned leftovers of an earlier run: {', '.join(left)}")
+        hostdeps.ensure_host_tools()
         image = self.image = ensure_image(self.recipe)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._allocate_ports()
@@ -108,7 +109,9 @@ class Lab:
         warm.finish(snapshot)
 
     def _save_warm(self, node: Node, snapshot: warm.Warm) -> None:
-        state = self.ssh(node.name, "systemctl is-system-running --wait; sync", check=False)
+        state = self.ssh(
+            node.name, "timeout 100 systemctl is-system-running --wait; sync", check=False
+        )
         _log(f"{node.name} settled ({state.stdout.strip()}); saving its state")
         stop_master(self.files(node.name).ssh_control)
         warm.save(snapshot, node.name, self.pids.pop(node.name), self.files(node.name))
