@@ -269,9 +269,10 @@ class TwinLog:
             return "stuck"
         return None
 
-    def _refresh_local(self) -> None:
+    def _refresh_local(self, *, repair: bool = True) -> None:
+        """Learn what our log holds (cutting a torn tail only when ``repair``, under the lock)."""
         try:
-            self._local.refresh(repair=True)
+            self._local.refresh(repair=repair)
         except OSError as exc:
             raise StorageError(exc.errno, f"cannot read the local log: {exc.strerror}") from exc
 
@@ -411,7 +412,7 @@ class TwinLog:
         cfg = self.config
         with self._mutex:
             local = self._local
-            self._refresh_local_readonly()
+            self._refresh_local(repair=False)
             assert local.state is not None
             local_hwm = dict(local.state.hwm)
             info: dict[str, Any] = {
@@ -462,12 +463,6 @@ class TwinLog:
                 and not info["cache_entries"]["peer"]
             )
             return info
-
-    def _refresh_local_readonly(self) -> None:
-        try:
-            self._local.refresh(repair=False)
-        except OSError as exc:
-            raise StorageError(exc.errno, f"cannot read the local log: {exc.strerror}") from exc
 
     def verify(self) -> VerifyResult:
         """Compare this node's log with the peer's, by entry id (over the retained window)."""

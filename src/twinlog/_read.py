@@ -9,29 +9,17 @@ from collections.abc import Iterator
 from typing import Any
 
 from twinlog._fileops import LOG_FILE
-from twinlog._store import LogStore, split_lines
+from twinlog._store import LogStore
 from twinlog.entry import Entry, decode_line, parse_key
 
 __all__ = ["VerifyResult", "compare", "merged_entries", "origin_seqs"]
-
-_CHUNK = 1 << 20
 
 
 def _lines(store: LogStore, files: list[tuple[str, int | None]]) -> Iterator[bytes]:
     """Complete lines of ``files`` (name, end offset or None for all), in order."""
     for name, end in files:
-        offset = 0
-        rest = b""
-        while end is None or offset < end:
-            want = _CHUNK if end is None else min(_CHUNK, end - offset)
-            data = store.ops.read(name, offset, want)
-            if not data:
-                break
-            offset += len(data)
-            lines, used = split_lines(rest + data)
-            rest = (rest + data)[used:]
+        for lines in store.iter_lines(name, 0, end):
             yield from lines
-        # ``rest`` without a newline is a torn or in-flight last line: never an entry.
 
 
 class PinnedFiles:

@@ -217,16 +217,8 @@ class LogStore:
         return LogState(offset=offset, hwm=hwm, max_ts=max_ts, tail=tail, checkpoint_offset=offset)
 
     def _scan_into(self, state: LogState, name: str) -> None:
-        offset = 0
-        rest = b""
-        while True:
-            data = self.ops.read(name, offset, CHUNK)
-            if not data:
-                return
-            offset += len(data)
-            lines, used = split_lines(rest + data)
+        for lines in self.iter_lines(name, 0, None):
             state.absorb(lines)
-            rest = (rest + data)[used:]
 
     def checkpoint_due(self, extra: int = 0) -> bool:
         """Whether the log has grown (or will have, by ``extra`` bytes) past the checkpoint."""
@@ -458,7 +450,9 @@ class LogStore:
             if end:
                 yield data[:end] if rest else data
 
-    def _iter_file(self, name: str, offset: int, end: int | None) -> Iterator[list[bytes]]:
+    def iter_lines(self, name: str, offset: int, end: int | None) -> Iterator[list[bytes]]:
+        """Complete lines of ``name`` from ``offset`` to ``end`` (None: the end), in chunks; a
+        last line without its newline (torn, or being written) is never yielded."""
         rest = b""
         while end is None or offset < end:
             want = CHUNK if end is None else min(CHUNK, end - offset)
@@ -490,7 +484,7 @@ class LogStore:
         for index in range(start_file, len(files)):
             name = files[index]
             offset = start_offset if index == start_file else 0
-            for lines in self._iter_file(name, offset, ends.get(name)):
+            for lines in self.iter_lines(name, offset, ends.get(name)):
                 picked = []
                 for line in lines:
                     key = parse_key(line)
