@@ -37,6 +37,9 @@ PACKAGES: tuple[str, ...] = (
     "ca-certificates",
     "dbus",
     "initramfs-tools",
+    # Not in the lab's own needs: Ansible's apt/package module needs it on the node, and the
+    # nodes have no package mirror to fetch it from.
+    "python3-apt",
 )
 CUSTOMIZE_SCRIPT = GUEST_DIR / "customize.sh"
 KEY_NAME = "id_ed25519"
