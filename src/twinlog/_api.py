@@ -182,7 +182,7 @@ class TwinLog:
 
     def _commit(self, batch: list[_Pending], *, rotate: bool = False) -> ReconcileResult:
         cfg = self.config
-        _local, peer = self._local, self._peer
+        peer = self._peer
         result = ReconcileResult(peer_reachable=False, reason="ok")
         # A write does not knock on a peer that just timed out (its callers would each wait out
         # the timeout, holding our lock, and our peer's writers with them); reconcile does.
