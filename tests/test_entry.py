@@ -115,3 +115,12 @@ def test_timestamps_round_trip_and_sort(micros: int) -> None:
     ts = format_ts(micros)
     assert parse_ts(ts) == micros and len(ts) == 27
     assert format_ts(micros) < format_ts(micros + 1)
+
+
+def test_entries_are_hashable_and_compare_by_value() -> None:
+    from twinlog import Entry
+
+    a = Entry("n:1", "n", 1, "2026-01-01T00:00:00.000000Z", "m", {"k": [1]})
+    b = Entry("n:1", "n", 1, "2026-01-01T00:00:00.000000Z", "m", {"k": [1]})
+    assert a == b and len({a, b}) == 1
+    assert a != Entry("n:1", "n", 1, "2026-01-01T00:00:00.000000Z", "other", {})

@@ -46,6 +46,10 @@ class Entry:
     msg: str
     fields: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
+    def __hash__(self) -> int:
+        # The id is unique per entry; hashing it lets entries go into sets (fields are a dict).
+        return hash(self.id)
+
     @property
     def sort_key(self) -> tuple[str, str, int]:
         """The merged-view order: hybrid-logical-clock time, then node, then sequence."""
