@@ -10,6 +10,8 @@ lab.py monitor NODE CMD...      one qemu monitor command (set_link link off, sto
 lab.py link up|down             restore or cut the peer link on both nodes
 lab.py proof                    the NFS lock proof on the running lab
 lab.py smoke                    up + proof + down, in one go (what CI runs)
+lab.py scenarios [NAME...]      deploy twinlog (the playbook) + fault scenarios on the
+                                running lab (--fresh: up, all, down)
 """
 
 from __future__ import annotations
@@ -19,12 +21,13 @@ import json
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 from types import FrameType
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from twinlab import proof
+from twinlab import proof, scenarios
 from twinlab.cluster import Lab, node_named
 from twinlab.image import ensure_image
 from twinlab.paths import RUN_DIR
@@ -97,6 +100,25 @@ def _cmd_smoke(args: argparse.Namespace) -> int:
         return _report(proof.run_proof(lab))
 
 
+def _cmd_scenarios(args: argparse.Namespace) -> int:
+    names = tuple(args.names) or tuple(scenarios.SCENARIOS)
+    unknown = [n for n in names if n not in scenarios.SCENARIOS]
+    if unknown:
+        print(f"unknown scenarios {unknown}; known: {list(scenarios.SCENARIOS)}", file=sys.stderr)
+        return 2
+    started = time.monotonic()
+    if args.fresh:
+        with Lab() as lab:
+            results = scenarios.run(lab, names)
+    else:
+        results = scenarios.run(Lab.attach(), names)
+    results.phases["total"] = round(time.monotonic() - started, 1)
+    path = scenarios.write(results)
+    print(results.summary())
+    print(f"results: {path}")
+    return 0 if results.ok() else 1
+
+
 def _report(results: proof.ProofResults) -> int:
     path = RUN_DIR / "proof-results.json"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -143,6 +165,10 @@ def _parser() -> argparse.ArgumentParser:
     smoke = sub.add_parser("smoke")
     smoke.add_argument("--cold", action="store_true", help="boot cold, not from saved states")
     smoke.set_defaults(func=_cmd_smoke)
+    scen = sub.add_parser("scenarios")
+    scen.add_argument("names", nargs="*", help=f"default: all of {list(scenarios.SCENARIOS)}")
+    scen.add_argument("--fresh", action="store_true", help="up, run, down (else: running lab)")
+    scen.set_defaults(func=_cmd_scenarios)
     return parser
 
 
