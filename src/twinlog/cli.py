@@ -704,7 +704,8 @@ def cmd_status(args: argparse.Namespace, con: Console) -> int:
 
 
 # -- reconcile ----------------------------------------------------------------------------
-def _args_reconcile(parser: argparse.ArgumentParser) -> None:
+def _args_json(parser: argparse.ArgumentParser) -> None:
+    """The one option of reconcile, rotate and verify."""
     parser.add_argument("--json", action="store_true", help="the result as one JSON object")
 
 
@@ -729,10 +730,6 @@ def cmd_reconcile(args: argparse.Namespace, con: Console) -> int:
 
 
 # -- rotate -------------------------------------------------------------------------------
-def _args_rotate(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--json", action="store_true", help="the result as one JSON object")
-
-
 def cmd_rotate(args: argparse.Namespace, con: Console) -> int:
     cfg = load_config(args)
     with TwinLog(cfg) as log:
@@ -755,10 +752,6 @@ def cmd_rotate(args: argparse.Namespace, con: Console) -> int:
 
 
 # -- verify -------------------------------------------------------------------------------
-def _args_verify(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--json", action="store_true", help="the result as one JSON object")
-
-
 def cmd_verify(args: argparse.Namespace, con: Console) -> int:
     cfg = load_config(args)
     with TwinLog(cfg) as log:
@@ -822,16 +815,16 @@ COMMANDS: tuple[Command, ...] = (
     Command(
         "reconcile",
         "deliver waiting entries in both directions now",
-        _args_reconcile,
+        _args_json,
         cmd_reconcile,
     ),
     Command(
-        "verify", "compare both nodes' logs entry by entry (0 in sync)", _args_verify, cmd_verify
+        "verify", "compare both nodes' logs entry by entry (0 in sync)", _args_json, cmd_verify
     ),
     Command(
         "rotate",
         "make the active log a segment, then apply retention",
-        _args_rotate,
+        _args_json,
         cmd_rotate,
     ),
     Command(
