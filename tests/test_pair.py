@@ -215,6 +215,36 @@ def test_peer_dir_of_a_stranger(pair: Pair, tmp_path: object) -> None:
     assert sorted(os.listdir(stranger)) == ["twinlog.node"]
 
 
+@pytest.mark.parametrize("swap_to", ["self", "stranger"])
+def test_identity_is_checked_again_after_the_peer_mount_changes(pair: Pair, swap_to: str) -> None:
+    """A connected writer skips the identity check while its worker and the mount table stay the
+    same; a remount under peer_dir (here: ourselves, or a stranger) must be caught at once."""
+    a = pair.twin("a")
+    for _ in range(3):
+        a.write("before")
+    assert a.last_reason == "ok"
+    spawned = a.peer_worker_stats()["spawned"]
+    pair.cut("a")
+    if swap_to == "self":
+        target = pair.log_dir("a")
+    else:
+        target = pair.root / "stranger"
+        target.mkdir()
+        (target / "twinlog.node").write_text("zed\n")
+    os.system(f"mount --bind {target} {pair.peer_dir('a')}")
+    e = a.write("after the swap")
+    assert a.last_reason == ("self" if swap_to == "self" else "wrong_identity")
+    assert a.peer_worker_stats()["spawned"] == spawned  # same worker: only the table changed
+    assert log_ids(pair.log_dir("a")).count(e.id) == 1
+    if swap_to == "stranger":
+        assert sorted(os.listdir(target)) == ["twinlog.node"]
+    pair.cut("a")
+    pair.connect("a")
+    a.write("healed")
+    assert a.last_reason == "ok"
+    assert_converged(pair)
+
+
 def test_empty_mount_is_missing(pair: Pair) -> None:
     pair.cut("a")
     empty = pair.root / "empty"

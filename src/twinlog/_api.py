@@ -104,6 +104,9 @@ class TwinLog:
         self._peer = LogStore(self._peer_ops, config.peer, fsync=config.fsync)
         self._last_reason = "ok"
         self._backoff_until = 0.0
+        # (worker spawn count, mount table generation) of the last identity check that passed:
+        # while neither changes, the worker's open directory is still the checked peer's.
+        self._checked: tuple[int, int] | None = None
         _instances.add(self)
 
     def _init_local_dir(self) -> None:
@@ -199,12 +202,7 @@ class TwinLog:
                     held_local = True
                 elif peer_ok:
                     try:
-                        peer_tail, peer_has_cache = self._peer_ops.connect_and_look(
-                            cfg.peer,
-                            self._local_ops.dev_ino(),
-                            cfg.probe_timeout,
-                            self._peer.read_offset,
-                        )
+                        peer_tail, peer_has_cache = self._connect_and_look()
                         held_peer = True
                     except PeerError as exc:
                         peer_ok, reason = False, exc.reason
@@ -241,10 +239,34 @@ class TwinLog:
             if held_local:
                 self._local_ops.unlock()
         self._last_reason = result.reason
+        if not result.peer_reachable:
+            self._checked = None  # whatever went wrong, check the directory again next time
         if result.reason == "timeout" and not self._backoff_reason():
             self._backoff_until = time.monotonic() + cfg.probe_timeout + cfg.io_timeout
         elif result.peer_reachable:
             self._backoff_until = 0.0
+        return result
+
+    def _connect_and_look(self) -> tuple[tuple[int, int, bytes] | None, bool]:
+        """Lock the peer and look at its log's tail and cache, checking its identity first
+        unless this very worker checked it under the current mount table."""
+        cfg = self.config
+        remote = self._remote
+        recheck = not (
+            cfg.require_mount
+            and remote.alive
+            and self._checked == (remote.spawned, _MOUNTS.generation)
+        )
+        self._checked = None
+        result = self._peer_ops.connect_and_look(
+            cfg.peer,
+            self._local_ops.dev_ino(),
+            cfg.probe_timeout,
+            self._peer.read_offset,
+            check_identity=recheck,
+        )
+        if cfg.require_mount:
+            self._checked = (remote.spawned, _MOUNTS.generation)
         return result
 
     def _backoff_reason(self) -> str | None:

@@ -41,6 +41,8 @@ class RemoteOps:
         not_dev_ino: tuple[int, int],
         probe_timeout: float,
         log_offset: int | None,
+        *,
+        check_identity: bool = True,
     ) -> tuple[tuple[int, int, bytes] | None, bool]:
         """:meth:`connect`, then the log's new bytes from ``log_offset`` and whether the peer has
         a cache (skipped when ``log_offset`` is None), all in one round trip.
@@ -48,17 +50,18 @@ class RemoteOps:
         Deadlines: the identity check answers within ``probe_timeout``; then, while the lock is
         busy, every attempt of the worker must answer within ``io_timeout`` (a dead server stops
         answering, a busy one does not), for at most ``lock_patience`` seconds in all.
+        Without ``check_identity`` (the caller knows this worker already checked this very
+        directory) the lock stage is the first contact and answers within ``probe_timeout``.
         """
         locked: list[tuple[str, tuple[Any, ...]]] = [("lock", (None,))]
         if log_offset is not None:
             locked += [("tail", (LOG_FILE, log_offset, CHUNK)), ("stat", (CACHE_FILE,))]
-        _, results = self.remote.stages(
-            [
-                ([("check_dir", (expected_node, not_dev_ino))], probe_timeout),
-                (locked, self.io_timeout),
-            ],
-            patience=self.lock_patience,
-        )
+        stages: list[tuple[list[tuple[str, tuple[Any, ...]]], float]] = [
+            (locked, self.io_timeout if check_identity else probe_timeout)
+        ]
+        if check_identity:
+            stages.insert(0, ([("check_dir", (expected_node, not_dev_ino))], probe_timeout))
+        results = self.remote.stages(stages, patience=self.lock_patience)[-1]
         if log_offset is None:
             return None, False
         return results[1], results[2] is not None

@@ -49,6 +49,9 @@ class MountTable:
         self._pid = -1
         self._fd = -1
         self._poll: select.poll | None = None
+        #: Bumped whenever the table is (re)read because it may have changed: a peer directory
+        #: checked under one generation is the same directory while the generation stays.
+        self.generation = 0
 
     def _watch(self) -> None:
         # Kept open: the kernel flags POLLPRI on this descriptor when the mount table changes.
@@ -72,6 +75,7 @@ class MountTable:
             changed = self._poll is None or bool(self._poll.poll(0))
             if changed or self._mounts is None:
                 self._mounts = frozenset(p.mountpoint for p in psutil.disk_partitions(all=True))
+                self.generation += 1
             return self._mounts
 
     def is_mount(self, path: Path) -> bool:
