@@ -54,6 +54,7 @@ class RemoteDir:
         self.path = path
         self._on_stuck = on_stuck
         self._proc: subprocess.Popen[bytes] | None = None
+        self._channel: _Channel | None = None
         self._stuck: list[subprocess.Popen[bytes]] = []
         # Whatever owns this RemoteDir may forget to close it: stop the worker when it is
         # garbage collected, without holding a reference to self.
@@ -98,12 +99,15 @@ class RemoteDir:
         # Start-up (a Python interpreter) touches no peer file, so it is not charged to the
         # caller's peer deadline; only a wildly overloaded machine takes longer than this.
         assert proc.stdout is not None
+        assert proc.stdin is not None
+        channel = _Channel(proc.stdin.fileno(), proc.stdout.fileno())
         try:
-            _read_frame(proc.stdout.fileno(), time.monotonic() + _STARTUP_TIMEOUT)
+            channel.recv(time.monotonic() + _STARTUP_TIMEOUT)
         except (TimeoutError, OSError, EOFError) as exc:
             self._proc = proc
             self._abandon()
             raise PeerError("io_error", f"peer worker did not start: {exc!r}") from None
+        self._channel = channel
         return proc
 
     @property
@@ -186,19 +190,18 @@ class RemoteDir:
         """
         if self._proc is None or self._proc.poll() is not None:
             self._proc = self._spawn()
-        proc = self._proc
-        assert proc.stdin is not None
-        assert proc.stdout is not None
+        channel = self._channel
+        assert channel is not None
         addressed = [[(op, (self.path, *args)) for op, args in ops] for ops, _ in stages]
         payload = pickle.dumps(addressed, protocol=pickle.HIGHEST_PROTOCOL)
         results: list[list[Any]] = []
         started = time.monotonic()
         try:
-            _write_frame(proc.stdin.fileno(), payload, started + stages[0][1])
+            channel.send(payload, started + stages[0][1])
             for _ops, timeout in stages:
                 deadline = time.monotonic() + timeout
                 while True:
-                    status, value = pickle.loads(_read_frame(proc.stdout.fileno(), deadline))
+                    status, value = pickle.loads(channel.recv(deadline))
                     if status != "beat":
                         break
                     if time.monotonic() - started > patience:
@@ -238,41 +241,58 @@ def _stop_all(procs: list[subprocess.Popen[bytes]]) -> None:
             proc.wait(timeout=0.1)
 
 
-def _write_frame(fd: int, payload: bytes, deadline: float) -> None:
-    data = memoryview(_HEADER.pack(len(payload)) + payload)
-    while data:
+class _Channel:
+    """The parent's ends of a worker's pipes, non-blocking: a frame is sent or received with
+    ``select()`` only when the pipe is not ready yet, and a reply read in one piece is one
+    ``read()`` (whatever arrived after a frame waits in the buffer for the next call)."""
+
+    def __init__(self, write_fd: int, read_fd: int) -> None:
+        self.write_fd = write_fd
+        self.read_fd = read_fd
+        self._buf = bytearray()
+        for fd in (write_fd, read_fd):
+            os.set_blocking(fd, False)
+
+    def send(self, payload: bytes, deadline: float) -> None:
+        data = memoryview(_HEADER.pack(len(payload)) + payload)
+        while data:
+            try:
+                data = data[os.write(self.write_fd, data[: 1 << 20]) :]
+                continue
+            except BlockingIOError:
+                pass
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not select.select([], [self.write_fd], [], remaining)[1]:
+                raise TimeoutError
+
+    def recv(self, deadline: float) -> bytes:
+        buf = self._buf
+        while True:
+            if len(buf) >= _HEADER.size:
+                (size,) = _HEADER.unpack_from(buf)
+                if size > _MAX_FRAME:
+                    raise EOFError(f"frame of {size} bytes")
+                end = _HEADER.size + size
+                if len(buf) >= end:
+                    frame = bytes(buf[_HEADER.size : end])
+                    del buf[:end]
+                    return frame
+            if not buf:
+                # Nothing arrived yet: the worker is still working, so wait before reading.
+                self._wait_readable(deadline)
+            try:
+                data = os.read(self.read_fd, 1 << 20)
+            except BlockingIOError:
+                self._wait_readable(deadline)
+                continue
+            if not data:
+                raise EOFError("worker closed its pipe")
+            buf += data
+
+    def _wait_readable(self, deadline: float) -> None:
         remaining = deadline - time.monotonic()
-        if remaining <= 0:
+        if remaining <= 0 or not select.select([self.read_fd], [], [], remaining)[0]:
             raise TimeoutError
-        _, writable, _ = select.select([], [fd], [], remaining)
-        if not writable:
-            raise TimeoutError
-        written = os.write(fd, data[: 1 << 20])
-        data = data[written:]
-
-
-def _read_exact(fd: int, size: int, deadline: float) -> bytes:
-    chunks: list[bytes] = []
-    while size > 0:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise TimeoutError
-        readable, _, _ = select.select([fd], [], [], remaining)
-        if not readable:
-            raise TimeoutError
-        data = os.read(fd, min(size, 1 << 20))
-        if not data:
-            raise EOFError("worker closed its pipe")
-        chunks.append(data)
-        size -= len(data)
-    return b"".join(chunks)
-
-
-def _read_frame(fd: int, deadline: float) -> bytes:
-    (size,) = _HEADER.unpack(_read_exact(fd, _HEADER.size, deadline))
-    if size > _MAX_FRAME:
-        raise EOFError(f"frame of {size} bytes")
-    return _read_exact(fd, size, deadline)
 
 
 def _read_blocking(fd: int, size: int) -> bytes | None:
