@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from twinlog._fileops import CACHE_FILE, LOG_FILE
@@ -93,6 +94,19 @@ class RemoteOps:
     def append(self, name: str, chunks: list[bytes], fsync: bool) -> int:
         size: int = self._call("append", name, chunks, fsync)
         return size
+
+    def append_from(self, name: str, src_path: str, offset: int, length: int, fsync: bool) -> int:
+        return self.append_from_later(name, src_path, offset, length, fsync)()
+
+    def append_from_later(
+        self, name: str, src_path: str, offset: int, length: int, fsync: bool
+    ) -> Callable[[], int]:
+        """Start :meth:`~twinlog._fileops.DirOps.append_from` in the worker; the returned
+        function waits for it (within ``io_timeout`` of the start) and returns the new size."""
+        receive = self.remote.submit(
+            [([("append_from", (name, src_path, offset, length, fsync))], self.io_timeout)]
+        )
+        return lambda: int(receive()[0][0])
 
     def repair_tail(self, name: str) -> int:
         cut: int = self._call("repair_tail", name)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -101,6 +101,7 @@ class LogStore:
         self.node = node
         self.fsync = fsync
         self.state: LogState | None = None
+        self._pending_run: tuple[Callable[[], int], str, int, str, bytes] | None = None
 
     # -- learning what the log holds ------------------------------------------------------
     @property
@@ -117,6 +118,8 @@ class LogStore:
         together with the lock (one round trip to the peer instead of two). Only call with
         ``repair=True`` while holding the directory's lock.
         """
+        # A copy started before a failure is not accounted: the file says what landed.
+        self._pending_run = None
         if prefetched is False:
             first = self.ops.tail(LOG_FILE, self.read_offset, CHUNK)
         else:
@@ -377,6 +380,7 @@ class LogStore:
         """
         if not lines:
             return
+        self.settle()
         state = self.state
         assert state is not None, "refresh() first"
         chunks = lines if one_write_per_line else _pack(lines)
@@ -392,20 +396,54 @@ class LogStore:
         state.tail = (state.tail + b"".join(lines[-2:]))[-_TAIL_BYTES:]
         state.offset = size
 
-    def append_run(self, block: bytes, origin: str, last_seq: int, last_ts: str) -> None:
+    def append_run(
+        self,
+        block: bytes,
+        origin: str,
+        last_seq: int,
+        last_ts: str,
+        source: tuple[str, int] | None = None,
+    ) -> None:
         """Append a block of complete lines known to be ``origin``'s entries up to
-        ``last_seq`` (checked by the caller), without fsync: see :meth:`sync`."""
+        ``last_seq`` (checked by the caller), without fsync: see :meth:`sync`.
+
+        ``source``: ``(path, offset)`` of the same bytes in a local file, for a store that can
+        copy from it (the peer's, through its worker): the block then skips the pipe, and the
+        copy runs while the caller reads the next block; :meth:`settle` (or the next append or
+        :meth:`sync`) waits for it.
+        """
+        self.settle()
         state = self.state
         assert state is not None, "refresh() first"
+        start = getattr(self.ops, "append_from_later", None) if source else None
+        if source is not None and start is not None:
+            finish = start(LOG_FILE, source[0], source[1], len(block), False)
+            self._pending_run = (finish, origin, last_seq, last_ts, block[-_TAIL_BYTES:])
+            return
         size = self.ops.append(LOG_FILE, [block], False)
+        self._account_run(size, origin, last_seq, last_ts, block[-_TAIL_BYTES:])
+
+    def settle(self) -> None:
+        """Wait for a copy :meth:`append_run` started (its failure is raised here)."""
+        pending, self._pending_run = self._pending_run, None
+        if pending is not None:
+            finish, origin, last_seq, last_ts, tail = pending
+            self._account_run(finish(), origin, last_seq, last_ts, tail)
+
+    def _account_run(
+        self, size: int, origin: str, last_seq: int, last_ts: str, tail: bytes
+    ) -> None:
+        state = self.state
+        assert state is not None
         if last_seq > state.hwm.get(origin, 0):
             state.hwm[origin] = last_seq
         state.max_ts = max(state.max_ts, last_ts)
-        state.tail = (state.tail + block[-_TAIL_BYTES:])[-_TAIL_BYTES:]
+        state.tail = (state.tail + tail)[-_TAIL_BYTES:]
         state.offset = size
 
     def sync(self) -> None:
         """fsync the active log (after non-durable appends), if the config asks for fsync."""
+        self.settle()
         if self.fsync:
             self.ops.fsync_file(LOG_FILE)
 
@@ -436,19 +474,31 @@ class LogStore:
 
     def iter_cache_blocks(self) -> Iterator[bytes]:
         """The cache file in blocks of whole lines (a torn last line left out)."""
+        for _, block in self.iter_cache_blocks_at():
+            yield block
+
+    def iter_cache_blocks_at(self) -> Iterator[tuple[int, bytes]]:
+        """:meth:`iter_cache_blocks` with each block's offset in the file."""
         offset = 0
         rest = b""
         while True:
             data = self.ops.read(CACHE_FILE, offset, DRAIN_CHUNK)
             if not data:
                 return
+            start = offset - len(rest)
             offset += len(data)
             if rest:
                 data = rest + data
             end = data.rfind(b"\n") + 1
             rest = data[end:]
             if end:
-                yield data[:end] if rest else data
+                yield start, (data[:end] if rest else data)
+
+    def local_path(self, name: str) -> str | None:
+        """The path of ``name`` if this store's directory is local (the peer's worker can then
+        read it directly); None for the peer's directory."""
+        path = getattr(self.ops, "local_path", None)
+        return path(name) if path is not None else None
 
     def iter_lines(self, name: str, offset: int, end: int | None) -> Iterator[list[bytes]]:
         """Complete lines of ``name`` from ``offset`` to ``end`` (None: the end), in chunks; a

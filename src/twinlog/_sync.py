@@ -13,6 +13,7 @@ running it twice, or again after a crash at any point, adds nothing twice.
 from __future__ import annotations
 
 from twinlog import _failpoints
+from twinlog._fileops import CACHE_FILE
 from twinlog._store import LogStore
 from twinlog.entry import parse_key
 
@@ -57,13 +58,15 @@ def transfer(src: LogStore, dst: LogStore, origin: str) -> int:
             moved += len(picked)
         return not gap
 
-    for block in src.iter_cache_blocks():
+    cache_path = src.local_path(CACHE_FILE)
+    for offset, block in src.iter_cache_blocks_at():
         if next_seq > want:
             break
         run = _next_run(block, origin, next_seq, want)
         if run is not None:
             count, last_seq, last_ts = run
-            dst.append_run(block, origin, last_seq, last_ts)
+            source = None if cache_path is None else (cache_path, offset)
+            dst.append_run(block, origin, last_seq, last_ts, source)
             next_seq = last_seq + 1
             moved += count
         elif not take(block.splitlines(keepends=True)):

@@ -24,7 +24,7 @@ import subprocess
 import sys
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from twinlog._fileops import DirOps, IdentityError
@@ -55,6 +55,7 @@ class RemoteDir:
         self._on_stuck = on_stuck
         self._proc: subprocess.Popen[bytes] | None = None
         self._channel: _Channel | None = None
+        self._outstanding: Callable[[], list[list[Any]]] | None = None
         self._stuck: list[subprocess.Popen[bytes]] = []
         # Whatever owns this RemoteDir may forget to close it: stop the worker when it is
         # garbage collected, without holding a reference to self.
@@ -124,12 +125,14 @@ class RemoteDir:
         return [p.pid for p in self._stuck]
 
     def _disown(self) -> None:
+        self._outstanding = None
         self._proc = None
         self._stuck = []
 
     def _abandon(self) -> None:
         """SIGKILL the worker; remember it if the kernel does not let it die at once."""
         proc, self._proc = self._proc, None
+        self._outstanding = None
         if proc is None:
             return
         self.killed += 1
@@ -151,6 +154,7 @@ class RemoteDir:
 
     def close(self) -> None:
         """Stop the worker (politely: EOF; it may be stuck, then it is killed)."""
+        self._outstanding = None
         proc, self._proc = self._proc, None
         if proc is None:
             return
@@ -188,35 +192,71 @@ class RemoteDir:
         PeerError("busy") when the patience ran out, PeerError with the failure's reason when an
         operation failed (the worker stays).
         """
+        return self.submit(stages, patience=patience)()
+
+    def submit(
+        self,
+        stages: list[tuple[list[tuple[str, tuple[Any, ...]]], float]],
+        *,
+        patience: float = 0.0,
+    ) -> Callable[[], list[list[Any]]]:
+        """:meth:`stages` in two halves: send now, and return the function that waits for the
+        answers (the first stage's deadline counts from now). The caller may work meanwhile;
+        any other call first collects (and discards) the answers of a request still out."""
+        self.settle()
         if self._proc is None or self._proc.poll() is not None:
             self._proc = self._spawn()
         channel = self._channel
         assert channel is not None
         addressed = [[(op, (self.path, *args)) for op, args in ops] for ops, _ in stages]
         payload = pickle.dumps(addressed, protocol=pickle.HIGHEST_PROTOCOL)
-        results: list[list[Any]] = []
         started = time.monotonic()
-        try:
+        with self._failing():
             channel.send(payload, started + stages[0][1])
-            for _ops, timeout in stages:
-                deadline = time.monotonic() + timeout
-                while True:
-                    status, value = pickle.loads(channel.recv(deadline))
-                    if status != "beat":
-                        break
-                    if time.monotonic() - started > patience:
-                        self._abandon()
-                        raise PeerError("busy", f"peer lock held for more than {patience:.3g}s")
+
+        def receive() -> list[list[Any]]:
+            if self._outstanding is not receive:
+                raise PeerError("io_error", "the worker that had this request is gone")
+            self._outstanding = None
+            results: list[list[Any]] = []
+            deadline = started + stages[0][1]
+            with self._failing():
+                for _ops, timeout in stages:
+                    while True:
+                        status, value = pickle.loads(channel.recv(deadline))
+                        if status != "beat":
+                            break
+                        if time.monotonic() - started > patience:
+                            self._abandon()
+                            raise PeerError("busy", f"peer lock held for more than {patience:.3g}s")
+                        deadline = time.monotonic() + timeout
+                    if status != "ok":
+                        kind, errno_, text = value
+                        reason = "io_error"
+                        if kind == "identity":
+                            reason = text.split(":", 1)[0]
+                        elif kind == "lock":
+                            reason = "busy"
+                        raise PeerError(reason, text + (f" [errno {errno_}]" if errno_ else ""))
+                    results.append(list(value))
                     deadline = time.monotonic() + timeout
-                if status != "ok":
-                    kind, errno_, text = value
-                    reason = "io_error"
-                    if kind == "identity":
-                        reason = text.split(":", 1)[0]
-                    elif kind == "lock":
-                        reason = "busy"
-                    raise PeerError(reason, text + (f" [errno {errno_}]" if errno_ else ""))
-                results.append(list(value))
+            return results
+
+        self._outstanding = receive
+        return receive
+
+    def settle(self) -> None:
+        """Collect the answers of a :meth:`submit` nobody waited for (a failure is dropped:
+        it was reported to nobody, and a worker that did not answer is killed)."""
+        if self._outstanding is not None:
+            with contextlib.suppress(PeerError):
+                self._outstanding()
+
+    @contextlib.contextmanager
+    def _failing(self) -> Iterator[None]:
+        """Turn a silent or dead worker into PeerError (after killing it)."""
+        try:
+            yield
         except TimeoutError:
             self._abandon()
             raise PeerError("timeout", "no answer in time") from None
@@ -225,7 +265,6 @@ class RemoteDir:
                 raise
             self._abandon()
             raise PeerError("io_error", f"peer worker died: {exc}") from None
-        return results
 
 
 def _stop_all(procs: list[subprocess.Popen[bytes]]) -> None:

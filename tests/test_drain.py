@@ -1,0 +1,120 @@
+"""Draining a large cache: blocks go from the local cache to the peer's log by ``sendfile()`` in
+the worker, each copy overlapping the reading of the next block."""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import twinlog._store
+from pairlib import Pair, assert_converged, log_ids
+from twinlog._fileops import DirOps
+from twinlog._peer import RemoteOps
+from twinlog.exceptions import PeerError
+
+
+def _fill_cache(pair: Pair, count: int) -> list[str]:
+    a = pair.twin("a")
+    pair.cut("a")
+    acked = []
+    for i in range(0, count, 50):
+        # threads of one process share one commit: a quick way to a big cache
+        acked += [a.write(f"entry {j} " + "x" * 150).id for j in range(i, min(i + 50, count))]
+    a.close()
+    return acked
+
+
+def test_big_drain_is_copied_by_the_worker_block_by_block(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(twinlog._store, "DRAIN_CHUNK", 4096)  # many blocks, torn at the edges
+    acked = _fill_cache(pair, 600)
+    cache = (pair.log_dir("a") / "twinlog.cache").read_bytes()
+    assert len(cache) > 20 * 4096
+    copies: list[tuple[int, int]] = []
+    real = RemoteOps.append_from_later
+
+    def spy(self: RemoteOps, name: str, *copy: Any) -> Callable[[], int]:
+        copies.append((copy[1], copy[2]))  # (offset, length)
+        return real(self, name, *copy)
+
+    monkeypatch.setattr(RemoteOps, "append_from_later", spy)
+    pair.connect("a")
+    a = pair.twin("a")
+    result = a.reconcile()
+    assert result.pushed == 600
+    # every byte of the cache went by copy, in order, as whole lines
+    assert copies[0][0] == 0
+    assert all(o2 == o1 + n1 for (o1, n1), (o2, _) in itertools.pairwise(copies))
+    assert sum(n for _, n in copies) == len(cache)
+    assert (pair.log_dir("b") / "twinlog.log").read_bytes() == cache
+    assert not (pair.log_dir("a") / "twinlog.cache").exists()
+    # the store's idea of the peer's log matches the file: the next write follows on
+    e = a.write("after the drain")
+    assert e.seq == 601
+    assert log_ids(pair.log_dir("b"))[-1] == e.id
+    assert_converged(pair, [*acked, e.id])
+
+
+def test_drain_copy_that_fails_half_way_is_finished_by_the_next_write(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fifth deferred copy fails (seen when the transfer waits for it): the reconcile reports
+    the peer unreachable, the peer holds a clean prefix, and the next write completes it."""
+    monkeypatch.setattr(twinlog._store, "DRAIN_CHUNK", 4096)
+    acked = _fill_cache(pair, 300)
+    calls = 0
+
+    def copy_in_process(self: RemoteOps, name: str, *copy: Any) -> Callable[[], int]:
+        """The worker's copy, run here so that it can be made to fail."""
+        nonlocal calls
+        calls += 1
+        if calls == 5:
+
+            def fail() -> int:
+                raise PeerError("io_error", "injected")
+
+            return fail
+        ops = DirOps(os.fspath(pair.peer_dir("a")))
+        ops.open_dir("b", None, False)
+        try:
+            size = ops.append_from(name, *copy)
+        finally:
+            ops.close()
+        return lambda: size
+
+    monkeypatch.setattr(RemoteOps, "append_from_later", copy_in_process)
+    pair.connect("a")
+    a = pair.twin("a")
+    first = a.reconcile()
+    assert (first.peer_reachable, first.reason) == (False, "io_error")
+    peer_ids = log_ids(pair.log_dir("b"))
+    assert 0 < len(peer_ids) < len(acked)
+    assert peer_ids == acked[: len(peer_ids)], "a prefix, in order, whole lines"
+    assert (pair.log_dir("a") / "twinlog.cache").exists()
+    e = a.write("next")
+    assert a.last_reason == "ok"
+    assert log_ids(pair.log_dir("b")) == [*acked, e.id]
+    assert_converged(pair, [*acked, e.id])
+
+
+def test_append_from_a_short_source_fails_and_leaves_the_target_as_it_was(
+    tmp_path: Path,
+) -> None:
+    ops = DirOps(os.fspath(tmp_path))
+    (tmp_path / "twinlog.node").write_text("a\n")
+    assert ops.open_dir("a", None, True) == "ok"
+    (tmp_path / "twinlog.log").write_bytes(b"one\n")
+    src = tmp_path / "src"
+    src.write_bytes(b"two\nthree\n")
+    assert ops.append_from("twinlog.log", os.fspath(src), 4, 6, True) == 10
+    assert (tmp_path / "twinlog.log").read_bytes() == b"one\nthree\n"
+    with pytest.raises(OSError):
+        ops.append_from("twinlog.log", os.fspath(src), 4, 100, False)
+    assert (tmp_path / "twinlog.log").read_bytes() == b"one\nthree\n"
+    ops.close()
