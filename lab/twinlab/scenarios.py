@@ -5,6 +5,9 @@
   concurrent  both nodes write N entries at the same time through the mounts
   link_cut    link cut on both NICs, both nodes write, link back; first the reconcile timer alone
               (up to TIMER_WAIT s), then `twinlog reconcile`
+  asymmetric  twin-a drops its NFS server's replies to twin-b (ip rule ... blackhole): twin-a
+              still reaches twin-b's export, twin-b's mount of twin-a hangs; both write; heal;
+              converge by the next write on each node, then reconcile
   frozen_peer twin-b frozen (qemu stop): every write on twin-a returns within probe_timeout +
               io_timeout + margin; p50/p99 of write()
   throughput  TwinLog.write() vs a raw lockf-locked dual append+fsync over the same mount
@@ -47,6 +50,9 @@ DEAD_PEER_GOAL = 15.0
 TIMER_WAIT = float(os.environ.get("TWINLOG_LAB_TIMER_WAIT", "150"))
 N_CONCURRENT = int(os.environ.get("TWINLOG_LAB_N", "100"))
 N_CUT = 8  # one every 2 s: the cut lasts ~20 s, several probes and back-offs
+ASYM_SERVER = "twin-a"  # its NFS server's replies to ASYM_BLOCKED are dropped
+ASYM_BLOCKED = "192.168.77.2"
+ASYM_RECOVER_WAIT = 180.0
 N_BENCH = int(os.environ.get("TWINLOG_LAB_BENCH_N", "100"))
 
 
@@ -78,7 +84,7 @@ def run_playbook(lab: Lab, log: Path) -> tuple[int, float, dict[str, dict[str, i
         ANSIBLE_FORCE_COLOR="0",
     )
     cmd = [
-        "ansible-playbook",
+        ansible_playbook(),
         "-i",
         str(inventory),
         str(ROOT / "ansible/site.yml"),
@@ -94,6 +100,12 @@ def run_playbook(lab: Lab, log: Path) -> tuple[int, float, dict[str, dict[str, i
         ).returncode
     seconds = round(time.monotonic() - started, 1)
     return (rc, seconds, *parse_playbook_log(log.read_text()))
+
+
+def ansible_playbook() -> str:
+    """The checkout's own (`.ci/setup` installs it into .venv), else the one on PATH."""
+    own = ROOT / ".venv/bin/ansible-playbook"
+    return str(own) if own.exists() else "ansible-playbook"
 
 
 def parse_playbook_log(text: str) -> tuple[dict[str, dict[str, int]], list[str]]:
@@ -328,6 +340,106 @@ def link_cut(lab: Lab, results: ProofResults) -> None:
     check_converged(lab, results, "link_cut", acked)
 
 
+def peer_answers(lab: Lab, node: str, limit: float = 5.0) -> float | None:
+    """Seconds a statfs of the node's peer mount took (a round trip to the peer's server), or
+    None when it did not answer within limit (the stat is then killed: SIGKILL ends an NFS wait).
+    """
+    out = lab.ssh(
+        node,
+        f"bash -c 's=$EPOCHREALTIME; timeout -s KILL {limit:g} stat -f {PEER_DIR} >/dev/null "
+        "2>&1 && echo $s $EPOCHREALTIME'",
+        check=False,
+        timeout=limit + 60,
+    ).stdout.split()
+    return round(float(out[1]) - float(out[0]), 3) if len(out) == 2 else None
+
+
+def asymmetric(lab: Lab, results: ProofResults) -> None:
+    """twin-a's NFS server replies to twin-b are dropped; all else passes. So twin-a still reaches
+    twin-b's export, while twin-b's mount of twin-a hangs (its requests even arrive and run)."""
+    bound = PROBE_TIMEOUT + IO_TIMEOUT + WRITE_MARGIN
+    rule = f"ipproto tcp sport 2049 to {ASYM_BLOCKED} blackhole"
+    before = {node: peer_answers(lab, node) for node in NODES}
+    results.numbers["asymmetric_statfs_before_s"] = before
+    lab.ssh(ASYM_SERVER, f"ip rule add {rule}")
+    cut_at = time.monotonic()
+    writers: list[Writer] = []
+    try:
+        during = {node: peer_answers(lab, node) for node in NODES}
+        results.numbers["asymmetric_statfs_during_s"] = during
+        results.evidence["asymmetric_rules"] = lab.ssh(ASYM_SERVER, "ip rule show").stdout
+        results.checks.append(
+            Check(
+                "asymmetric: twin-a's mount of twin-b answers during the partition",
+                "yes",
+                _yes(during["twin-a"] is not None),
+            )
+        )
+        results.checks.append(
+            Check(
+                "asymmetric: twin-b's mount of twin-a hangs during the partition",
+                "yes",
+                _yes(during["twin-b"] is None),
+            )
+        )
+        writers = [Writer(lab, node, f"write asym-{node} {N_CUT} 2") for node in NODES]
+        for writer in writers:
+            writer.ready()
+            writer.pump(timeout=300)
+    finally:
+        for writer in writers:
+            writer.finish()
+        lab.ssh(ASYM_SERVER, f"while ip rule del {rule} 2>/dev/null; do :; done")
+    healed = time.monotonic()
+    results.numbers["asymmetric_duration_s"] = round(healed - cut_at, 1)
+    results.numbers["asymmetric_write_s"] = {w.node: w.latencies for w in writers}
+    results.numbers["asymmetric_reasons"] = {w.node: [a[3] for a in w.acks] for w in writers}
+    for writer in writers:
+        results.checks.append(
+            Check(
+                f"asymmetric: {writer.node} acked all {N_CUT} during the partition",
+                str(N_CUT),
+                str(len(writer.acks)),
+            )
+        )
+        worst = max(writer.latencies, default=0.0)
+        results.checks.append(
+            Check(
+                f"asymmetric: every write on {writer.node} within {bound:.0f} s",
+                "yes",
+                _yes(worst <= bound),
+            )
+        )
+    # twin-b's client has to reconnect (its SYNs were answered into the blackhole).
+    back_s: float | None = None
+    while time.monotonic() - healed < ASYM_RECOVER_WAIT:
+        if peer_answers(lab, "twin-b") is not None:
+            back_s = round(time.monotonic() - healed, 1)
+            break
+        time.sleep(2)
+    results.numbers["asymmetric_twin_b_mount_back_s"] = back_s
+    results.checks.append(
+        Check(
+            f"asymmetric: twin-b's mount answers within {ASYM_RECOVER_WAIT:.0f} s of the heal",
+            "yes",
+            _yes(back_s is not None),
+        )
+    )
+    acked = [i for w in writers for i in w.ids]
+    # Convergence by the next write on each node (a write drains both caches), no reconcile.
+    nexts = [Writer(lab, node, f"write asym-next-{node} 1") for node in NODES]
+    for writer in nexts:
+        writer.ready()
+        writer.pump(timeout=60)
+        writer.finish()
+    results.numbers["asymmetric_next_write"] = {
+        w.node: [(a[2], a[3]) for a in w.acks] for w in nexts
+    }
+    acked += [i for w in nexts for i in w.ids]
+    check_converged(lab, results, "asymmetric_next_write", acked, reconcile=False)
+    check_converged(lab, results, "asymmetric", acked)
+
+
 def frozen_peer(lab: Lab, results: ProofResults, n: int = 30) -> None:
     bound = PROBE_TIMEOUT + IO_TIMEOUT + WRITE_MARGIN
     writer = Writer(lab, "twin-a", f"write frozen {n} 0.1")
@@ -426,6 +538,7 @@ SCENARIOS: dict[str, Scenario] = {
     "redeploy": lambda lab, results: deploy(lab, results, run=2),
     "concurrent": concurrent,
     "link_cut": link_cut,
+    "asymmetric": asymmetric,
     "frozen_peer": frozen_peer,
     "throughput": throughput,
     "dead_peer": dead_peer,  # kills and cold-boots twin-b: keep it last
