@@ -1,4 +1,4 @@
-"""The NFS lock proof on the two-VM lab, as pytest tests (marker `lab`).
+"""The NFS lock proof on the two-VM lab, as pytest tests (marker `lab`, see lab/conftest.py).
 
 Skipped unless TWINLOG_LAB=1: it boots two qemu VMs and needs root (see docs/lab.md for the
 time it takes). Results are written to lab/run/proof-results.json.
@@ -8,41 +8,14 @@ time it takes). Results are written to lab/run/proof-results.json.
 
 from __future__ import annotations
 
-import os
-import signal
-import sys
-import time
-from collections.abc import Iterator
-from pathlib import Path
-from types import FrameType
+from collections.abc import Callable, Iterator
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
 from twinlab import proof
 from twinlab.cluster import Lab
 from twinlab.paths import RUN_DIR
 
-pytestmark = [
-    pytest.mark.lab,
-    pytest.mark.skipif(os.environ.get("TWINLOG_LAB") != "1", reason="set TWINLOG_LAB=1"),
-]
-
-
-def _interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
-@pytest.fixture(scope="module")
-def lab() -> Iterator[Lab]:
-    """Both VMs for the module; a SIGTERM (CI timeout) still tears them down."""
-    previous = signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        with Lab() as running:
-            yield running
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+Step = Callable[..., None]
 
 
 @pytest.fixture(scope="module")
@@ -54,35 +27,28 @@ def results(lab: Lab) -> Iterator[proof.ProofResults]:
     print("\n" + collected.summary())
 
 
-def _run(name: str, lab: Lab, results: proof.ProofResults) -> None:
-    """Run one step of the proof; fail on the checks it added."""
-    first = len(results.checks)
-    step = proof.setup if name == "setup" else proof.SCENARIOS[name]
-    started = time.monotonic()
-    step(lab, results)
-    results.phases[name] = round(time.monotonic() - started, 1)
-    failed = [
-        f"{c.name}: expected {c.expected}, got {c.got}" for c in results.checks[first:] if not c.ok
-    ]
-    assert failed == []
+def _run(step: Step, name: str, lab: Lab, results: proof.ProofResults) -> None:
+    step(proof.setup if name == "setup" else proof.SCENARIOS[name], name, lab, results)
 
 
-def test_nfs_export_and_mount(lab: Lab, results: proof.ProofResults) -> None:
-    _run("setup", lab, results)
+def test_nfs_export_and_mount(step: Step, lab: Lab, results: proof.ProofResults) -> None:
+    _run(step, "setup", lab, results)
 
 
 def test_lockf_excludes_across_nodes_and_flock_does_not(
-    lab: Lab, results: proof.ProofResults
+    step: Step, lab: Lab, results: proof.ProofResults
 ) -> None:
-    _run("matrix", lab, results)
+    _run(step, "matrix", lab, results)
 
 
 @pytest.mark.parametrize("cut", ["cable_cut", "silent_cut"])
 def test_link_cut_fails_nfs_writes_and_recovers(
-    lab: Lab, results: proof.ProofResults, cut: str
+    step: Step, lab: Lab, results: proof.ProofResults, cut: str
 ) -> None:
-    _run(cut, lab, results)
+    _run(step, cut, lab, results)
 
 
-def test_dead_peer_lock_is_free_within_goal(lab: Lab, results: proof.ProofResults) -> None:
-    _run("dead_peer", lab, results)
+def test_dead_peer_lock_is_free_within_goal(
+    step: Step, lab: Lab, results: proof.ProofResults
+) -> None:
+    _run(step, "dead_peer", lab, results)
