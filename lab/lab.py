@@ -9,9 +9,11 @@ lab.py ssh NODE [CMD...]        ssh to a node (twin-a, twin-b, or a, b)
 lab.py monitor NODE CMD...      one qemu monitor command (set_link link off, stop, cont, quit)
 lab.py link up|down             restore or cut the peer link on both nodes
 lab.py proof                    the NFS lock proof on the running lab
-lab.py smoke                    up + proof + down, in one go (what CI runs)
+lab.py smoke                    up + proof + down, in one go
 lab.py scenarios [NAME...]      deploy twinlog (the playbook) + fault scenarios on the
                                 running lab (--fresh: up, all, down)
+lab.py ci                       CI's subset, from nothing: image, boot, lock proof, deploy,
+                                link cut + heal, down (what .ci/run runs)
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from types import FrameType
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from twinlab import proof, scenarios
+from twinlab import ci, proof, scenarios
 from twinlab.cluster import Lab, node_named
 from twinlab.image import ensure_image
 from twinlab.paths import RUN_DIR
@@ -100,6 +102,14 @@ def _cmd_smoke(args: argparse.Namespace) -> int:
         return _report(proof.run_proof(lab))
 
 
+def _cmd_ci(args: argparse.Namespace) -> int:
+    results = ci.run()
+    print(results.summary())
+    print(f"results: {RUN_DIR / ci.RESULTS_FILE}")
+    print(ci.closing_line(results))
+    return 0 if results.ok() and results.checks else 1
+
+
 def _cmd_scenarios(args: argparse.Namespace) -> int:
     names = tuple(args.names) or tuple(scenarios.SCENARIOS)
     unknown = [n for n in names if n not in scenarios.SCENARIOS]
@@ -169,6 +179,7 @@ def _parser() -> argparse.ArgumentParser:
     scen.add_argument("names", nargs="*", help=f"default: all of {list(scenarios.SCENARIOS)}")
     scen.add_argument("--fresh", action="store_true", help="up, run, down (else: running lab)")
     scen.set_defaults(func=_cmd_scenarios)
+    sub.add_parser("ci", help="CI's subset of the lab, from nothing").set_defaults(func=_cmd_ci)
     return parser
 
 

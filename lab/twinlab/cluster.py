@@ -42,11 +42,16 @@ class Lab:
     """
 
     def __init__(
-        self, run_dir: Path = RUN_DIR, recipe: Recipe | None = None, warm: bool = True
+        self,
+        run_dir: Path = RUN_DIR,
+        recipe: Recipe | None = None,
+        warm: bool = True,
+        save_warm: bool = True,
     ) -> None:
         self.run_dir = run_dir
         self.recipe = recipe or Recipe()
         self.warm = warm
+        self.save_warm = save_warm
         self.image: Image | None = None
         self.ports: dict[str, Ports] = {}
         self.pids: dict[str, int] = {}
@@ -73,7 +78,8 @@ class Lab:
         """Build the image if needed, start both VMs in parallel, wait for ssh on both.
 
         With warm=True (the default) the VMs are loaded from saved booted states (seconds); the
-        first run for an image boots cold once and saves those states.
+        first run for an image boots cold once and saves those states, unless save_warm=False
+        (a one-off run on a fresh machine: boot cold, wait until systemd has settled, go on).
         """
         left = Lab.cleanup(self.run_dir)
         if left:
@@ -83,10 +89,11 @@ class Lab:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._allocate_ports()
         started = time.monotonic()
-        if not self.warm:
+        snapshot = warm.warm_for(image)
+        if not self.warm or not (snapshot.complete() or self.save_warm):
             self._boot_all_cold()
+            self._parallel(self._settle)
         else:
-            snapshot = warm.warm_for(image)
             if not snapshot.complete():
                 self._boot_all_cold()
                 self._save_all_warm(snapshot)
@@ -108,11 +115,17 @@ class Lab:
         self._parallel(lambda node: self._save_warm(node, snapshot))
         warm.finish(snapshot)
 
-    def _save_warm(self, node: Node, snapshot: warm.Warm) -> None:
+    def _settle(self, node: Node) -> str:
+        """Wait (up to 100 s) until systemd has started everything; its state."""
         state = self.ssh(
             node.name, "timeout 100 systemctl is-system-running --wait; sync", check=False
-        )
-        _log(f"{node.name} settled ({state.stdout.strip()}); saving its state")
+        ).stdout.strip()
+        _log(f"{node.name} settled ({state})")
+        return state
+
+    def _save_warm(self, node: Node, snapshot: warm.Warm) -> None:
+        self._settle(node)
+        _log(f"saving the state of {node.name}")
         stop_master(self.files(node.name).ssh_control)
         warm.save(snapshot, node.name, self.pids.pop(node.name), self.files(node.name))
 
@@ -128,7 +141,7 @@ class Lab:
         self._start(node, snapshot.incoming_args(node.name))
         warm.resume(files)
 
-    def _parallel(self, step: Callable[[Node], None]) -> None:
+    def _parallel(self, step: Callable[[Node], object]) -> None:
         with ThreadPoolExecutor(len(NODES)) as pool:
             list(pool.map(step, NODES))
 
