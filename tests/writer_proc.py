@@ -2,7 +2,8 @@
 
 Writes COUNT entries (forever if COUNT is 0) and prints each acknowledged id on its own line,
 flushed, the moment write() returns: the parent's record of what was acknowledged. A COUNT of
--1 runs one reconcile instead.
+-1 runs one reconcile instead. At a normal end it prints its group-commit counters (JSON) on
+stderr.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ def main() -> None:
             sys.stdout.write(entry.id + "\n")
             sys.stdout.flush()
             i += 1
+        print(json.dumps(log.group_stats), file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

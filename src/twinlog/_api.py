@@ -13,6 +13,7 @@ from typing import Any
 
 from twinlog import _failpoints
 from twinlog._fileops import LOG_FILE, MARKER_FILE, DirOps
+from twinlog._group import Follower, Leadership, follow, socket_name
 from twinlog._peer import RemoteOps
 from twinlog._read import (
     VerifyResult,
@@ -27,13 +28,14 @@ from twinlog._sync import transfer
 from twinlog._worker import RemoteDir
 from twinlog.clock import HybridClock
 from twinlog.config import Config
-from twinlog.entry import Entry, check_message, encode_entry
+from twinlog.entry import Entry, check_message, encode_entry, parse_key
 from twinlog.exceptions import ConfigError, LockTimeoutError, PeerError, StorageError
 from twinlog.probe import REASONS, MountTable, StuckRegistry
 
 __all__ = ["ReconcileResult", "TwinLog"]
 
 _MOUNTS = MountTable()
+_EXTRA_ROUNDS = 1  # group commits a leader runs for others after its own
 _instances: weakref.WeakSet[TwinLog] = weakref.WeakSet()
 
 
@@ -54,6 +56,8 @@ class _Pending:
     fields: dict[str, Any]
     entry: Entry | None = None
     error: BaseException | None = None
+    # (seq, ts) a group-commit leader gave it before it died: written if seq is in our log
+    orphan: tuple[int, str] | None = None
 
 
 @dataclass
@@ -107,6 +111,8 @@ class TwinLog:
         # (worker spawn count, mount table generation) of the last identity check that passed:
         # while neither changes, the worker's open directory is still the checked peer's.
         self._checked: tuple[int, int] | None = None
+        self._group_name = socket_name(os.fspath(config.log_dir)) if config.group_commit else None
+        self.group_stats = {"led": 0, "followed": 0, "followers_served": 0, "orphans": 0}
         _instances.add(self)
 
     def _init_local_dir(self) -> None:
@@ -152,8 +158,8 @@ class TwinLog:
     def write(self, msg: str, **fields: Any) -> Entry:
         """Log ``msg`` with optional extra JSON-serialisable fields; return the durable entry.
 
-        Entries written concurrently by threads of this process share one lock hold and one
-        fsync per file (group commit).
+        Entries written concurrently, by threads of this process or by other processes of this
+        node, share one lock hold and one fsync per file (group commit, see ``_group.py``).
         """
         fields_json = check_message(msg, fields, self.config.max_message_bytes)
         pending = _Pending(msg, fields_json, dict(fields))
@@ -161,13 +167,74 @@ class TwinLog:
             self._queue.append(pending)
         with self._mutex:
             if pending.entry is None and pending.error is None:
-                with self._queue_guard:
-                    batch, self._queue = self._queue, []
-                self._commit(batch)
+                self._commit_group(self._take_queue())
         if pending.error is not None:
             raise pending.error
         assert pending.entry is not None
         return pending.entry
+
+    def _take_queue(self) -> list[_Pending]:
+        with self._queue_guard:
+            batch, self._queue = self._queue, []
+        return batch
+
+    def _commit_group(self, batch: list[_Pending]) -> None:
+        """Commit ``batch``: as the node's group-commit leader (for every process waiting too),
+        or as a follower of the process that leads now."""
+        name = self._group_name
+        if name is None:
+            self._commit(batch)
+            return
+        give_up = time.monotonic() + self.config.lock_timeout
+        items = [(p.msg, p.fields_json) for p in batch]
+        while True:
+            lead = Leadership.try_take(name)
+            if lead is not None:
+                self.group_stats["led"] += 1
+                try:
+                    self._lead(lead, batch)
+                finally:
+                    lead.close()
+                return
+            outcome = follow(name, items, max(0.0, give_up - time.monotonic()))
+            if outcome.kind == "retry":
+                if time.monotonic() < give_up:
+                    time.sleep(0.0005)  # the leader is binding or leaving: try again
+                    continue
+                outcome.kind = "timeout"
+            self.group_stats["followed"] += 1
+            if outcome.kind == "done":
+                node = self.config.node
+                for p, (seq, ts) in zip(batch, outcome.assigned, strict=True):
+                    p.entry = Entry(f"{node}:{seq}", node, seq, ts, p.msg, p.fields)
+            elif outcome.kind == "orphan":
+                self.group_stats["orphans"] += 1
+                for p, assigned in zip(batch, outcome.assigned, strict=True):
+                    p.orphan = assigned
+                self._commit(batch)
+            else:
+                kind, text = outcome.error or ("lock_timeout", "")
+                error: BaseException
+                if outcome.kind == "timeout" or kind == "lock_timeout":
+                    error = LockTimeoutError(
+                        text or f"no commit within lock_timeout ({self.config.lock_timeout:.3g}s)"
+                    )
+                else:
+                    error = StorageError(text)
+                for p in batch:
+                    p.error = error
+            return
+
+    def _lead(self, lead: Leadership, batch: list[_Pending]) -> None:
+        """Commit our batch, then once more for whoever queued meanwhile (followers, and threads
+        of this process). Then leave: our own write() is not held hostage by a steady stream of
+        others; those still waiting see us go and elect the next leader among themselves."""
+        self._commit(batch, lead=lead)
+        for _ in range(_EXTRA_ROUNDS):
+            if not (lead.pending() or self._queue):
+                break
+            with contextlib.suppress(Exception):  # reported to the waiting writers, not to us
+                self._commit(self._take_queue(), lead=lead)
 
     def reconcile(self) -> ReconcileResult:
         """Steps 4A and 4B without a new entry: deliver whatever either side has not delivered."""
@@ -183,13 +250,17 @@ class TwinLog:
         with self._mutex:
             return self._commit([], rotate=True)
 
-    def _commit(self, batch: list[_Pending], *, rotate: bool = False) -> ReconcileResult:
+    def _commit(
+        self, batch: list[_Pending], *, rotate: bool = False, lead: Leadership | None = None
+    ) -> ReconcileResult:
         cfg = self.config
+        followers: list[Follower] = []  # other processes' requests this commit takes
         peer = self._peer
         result = ReconcileResult(peer_reachable=False, reason="ok")
         # A write does not knock on a peer that just timed out (its callers would each wait out
         # the timeout, holding our lock, and our peer's writers with them); reconcile does.
-        reason = self._precheck() or (self._backoff_reason() if batch else None)
+        writing = bool(batch) or lead is not None
+        reason = self._precheck() or (self._backoff_reason() if writing else None)
         peer_ok = reason is None
         held_local = held_peer = False
         peer_tail: tuple[int, int, bytes] | None = None
@@ -218,8 +289,10 @@ class TwinLog:
                     peer_ok, reason = False, exc.reason
             result.peer_reachable = peer_ok
             result.reason = "ok" if peer_ok else (reason or "io_error")
-            if batch:
-                peer_ok, released = self._append_batch(batch, peer_ok)
+            if writing:
+                if lead is not None:
+                    followers = lead.collect()
+                peer_ok, released = self._append_batch(batch, peer_ok, followers)
                 held_peer = held_peer and not released
                 if not peer_ok and result.peer_reachable:
                     result.peer_reachable, result.reason = False, "io_error"
@@ -229,7 +302,10 @@ class TwinLog:
             for pending in batch:
                 if pending.entry is None:
                     pending.error = exc
-            if not batch:
+            for follower in followers:
+                follower.answer(exc)
+            followers = []
+            if not writing:
                 raise
         finally:
             if held_peer:
@@ -238,6 +314,8 @@ class TwinLog:
                     self._peer_ops.release()
             if held_local:
                 self._local_ops.unlock()
+        for follower in followers:
+            follower.answer(None)
         self._last_reason = result.reason
         if not result.peer_reachable:
             self._checked = None  # whatever went wrong, check the directory again next time
@@ -325,59 +403,122 @@ class TwinLog:
                 _failpoints.hit("after_peer_cache_remove")
         return moved
 
-    def _append_batch(self, batch: list[_Pending], peer_ok: bool) -> tuple[bool, bool]:
-        """Steps 5 and 6 (or 3): whether the batch reached the peer, and whether that last peer
-        call also released the peer's lock (when nothing else needs it this round)."""
+    def _append_batch(
+        self, batch: list[_Pending], peer_ok: bool, followers: list[Follower]
+    ) -> tuple[bool, bool]:
+        """Steps 5 and 6 (or 3) for our entries and those of the group-commit ``followers``
+        (the list is cut down to those that took their assignment): whether the entries reached
+        the peer, and whether that last peer call also released the peer's lock (when nothing
+        else needs it this round)."""
         cfg = self.config
         state = self._local.state
         assert state is not None
-        first_seq = state.hwm.get(cfg.node, 0) + 1
-        stamps = self._clock.next_after(state.max_ts or None, len(batch))
-        lines = [
-            encode_entry(cfg.node, first_seq + i, stamps[i], p.msg, p.fields_json)
-            for i, p in enumerate(batch)
-        ]
-        try:
-            self._local.append_lines(lines, one_write_per_line=True)
-        except OSError as exc:
-            raise StorageError(
-                exc.errno, f"cannot append to the local log {cfg.log_dir}: {exc.strerror}"
-            ) from exc
-        if _failpoints.ACTIVE:
-            _failpoints.hit("after_local_append")
-        released = False
-        if peer_ok:
-            # The peer's lock goes with the append, unless the peer is still needed under it
-            # this round: for the retention after a rotation, or to checkpoint its log.
-            release = state.offset < cfg.rotate_bytes and not self._peer.checkpoint_due(
-                sum(map(len, lines))
+        settled = self._settle_orphans(batch)
+        fresh = [p for p in batch if p.entry is None]
+        total = len(fresh) + sum(len(f.items) for f in followers)
+        stamps = iter(self._clock.next_after(state.max_ts or None, total) if total else ())
+        next_seq = state.hwm.get(cfg.node, 0) + 1
+        lines: list[bytes] = []
+        own: list[tuple[_Pending, int, str]] = []
+        for pending in fresh:
+            own.append((pending, next_seq, next(stamps)))
+            lines.append(
+                encode_entry(cfg.node, next_seq, own[-1][2], pending.msg, pending.fields_json)
             )
+            next_seq += 1
+        taken: list[Follower] = []
+        for follower in followers:
+            # Assigned before anything is appended: a follower that gave up is left out.
+            assigned = [(next_seq + i, next(stamps)) for i in range(len(follower.items))]
+            if not follower.assign(assigned):
+                follower.sock.close()
+                continue
+            taken.append(follower)
+            next_seq += len(assigned)
+            lines += [
+                encode_entry(cfg.node, seq, ts, msg, fields_json)
+                for (msg, fields_json), (seq, ts) in zip(follower.items, assigned, strict=True)
+            ]
+        followers[:] = taken
+        self.group_stats["followers_served"] += len(taken)
+        if _failpoints.ACTIVE and taken:
+            _failpoints.hit("after_assign")
+        released = False
+        if lines:
             try:
-                self._peer.append_lines(lines, one_write_per_line=True, release=release)
-                released = release
-                if _failpoints.ACTIVE:
-                    _failpoints.hit("after_peer_append")
-            except PeerError:
-                peer_ok = False
-        if not peer_ok:
+                self._local.append_lines(lines, one_write_per_line=True)
+            except OSError as exc:
+                raise StorageError(
+                    exc.errno, f"cannot append to the local log {cfg.log_dir}: {exc.strerror}"
+                ) from exc
+            if _failpoints.ACTIVE:
+                _failpoints.hit("after_local_append")
+            if peer_ok:
+                # The peer's lock goes with the append, unless the peer is still needed under
+                # it this round: for the retention after a rotation, or to checkpoint its log.
+                release = state.offset < cfg.rotate_bytes and not self._peer.checkpoint_due(
+                    sum(map(len, lines))
+                )
+                try:
+                    self._peer.append_lines(lines, one_write_per_line=True, release=release)
+                    released = release
+                    if _failpoints.ACTIVE:
+                        _failpoints.hit("after_peer_append")
+                except PeerError:
+                    peer_ok = False
+        if not peer_ok and (lines or settled):
             try:
-                self._local.append_cache(lines)
+                # Settled orphans are in our log but maybe neither on the peer nor cached.
+                self._local.append_cache(settled + lines)
             except OSError as exc:
                 raise StorageError(
                     exc.errno, f"cannot append to the local cache: {exc.strerror}"
                 ) from exc
             if _failpoints.ACTIVE:
                 _failpoints.hit("after_cache_append")
-        for i, pending in enumerate(batch):
+        for pending, seq, ts in own:
             pending.entry = Entry(
-                id=f"{cfg.node}:{first_seq + i}",
+                id=f"{cfg.node}:{seq}",
                 node=cfg.node,
-                seq=first_seq + i,
-                ts=stamps[i],
+                seq=seq,
+                ts=ts,
                 msg=pending.msg,
                 fields=pending.fields,
             )
         return peer_ok, released
+
+    def _settle_orphans(self, batch: list[_Pending]) -> list[bytes]:
+        """Entries a group-commit leader assigned and then died (or failed) over: those whose
+        seq is in our log were written, and are answered; the others get committed afresh.
+        Returns the lines of the written ones (the caller caches them if the peer is away)."""
+        node = self.config.node
+        state = self._local.state
+        assert state is not None
+        mark = state.hwm.get(node, 0)
+        lines = []
+        for pending in batch:
+            if pending.orphan is None:
+                continue
+            seq, ts = pending.orphan
+            pending.orphan = None
+            line = encode_entry(node, seq, ts, pending.msg, pending.fields_json)
+            # Its seq in the log is not enough: once the leader was gone, another writer may
+            # have taken that seq for its own entry. Only the very line counts.
+            if seq <= mark and self._line_of(seq) == line:
+                pending.entry = Entry(f"{node}:{seq}", node, seq, ts, pending.msg, pending.fields)
+                lines.append(line)
+        return lines
+
+    def _line_of(self, seq: int) -> bytes | None:
+        """Our own entry ``seq`` as it is in our log (found from the end: it is recent)."""
+        node = self.config.node
+        for chunk in self._local.iter_origin_after(node, seq - 1):
+            for line in chunk:
+                key = parse_key(line)
+                if key is not None and key[1] == seq:
+                    return line
+            return None
+        return None
 
     def _rotate_and_expire(self, result: ReconcileResult, peer_ok: bool, *, force: bool) -> None:
         cfg = self.config

@@ -20,6 +20,7 @@ POINTS = (
     "after_local_cache_remove",
     "after_pull_append",
     "after_peer_cache_remove",
+    "after_assign",
     "after_local_append",
     "after_peer_append",
     "after_cache_append",

@@ -35,6 +35,9 @@ class Config:
     * ``lock_timeout`` bounds the wait for this node's own lock. It is longer than the NFS lease
       the Ansible role configures (10 s), so a lock left behind by a peer that died is waited out
       rather than turned into a failed write.
+
+    ``group_commit`` lets the processes of this node that write at the same time share one
+    lock hold and one fsync per file (one of them commits for all; see ``twinlog._group``).
     """
 
     node: str
@@ -47,6 +50,7 @@ class Config:
     require_mount: bool = True
     max_message_bytes: int = 65536
     fsync: bool = True
+    group_commit: bool = True
     rotate_bytes: int = 64 * 1024 * 1024
     retain_segments: int | None = None
     retain_days: float | None = None
@@ -76,7 +80,7 @@ class Config:
             )
         for name in ("probe_timeout", "io_timeout", "lock_timeout"):
             _check_number(name, getattr(self, name), positive=True)
-        for name in ("require_mount", "fsync"):
+        for name in ("require_mount", "fsync", "group_commit"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
         _check_int("max_message_bytes", self.max_message_bytes, 1, _MAX_MESSAGE_BYTES_CEILING)

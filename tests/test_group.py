@@ -1,0 +1,277 @@
+"""Group commit across processes: one leader commits for all, and nothing is lost or doubled
+when the leader or a follower dies or gives up at any point of the hand-over."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from pairlib import Pair, assert_converged, log_ids
+from twinlog import Config, TwinLog
+from twinlog._group import Leadership, follow
+from twinlog.entry import encode_entry
+
+WRITER = Path(__file__).with_name("writer_proc.py")
+
+
+def spawn(
+    pair: Pair, node: str, count: int, prefix: str, failpoint: str = ""
+) -> subprocess.Popen[str]:
+    env = {k: v for k, v in os.environ.items() if k != "TWINLOG_FAILPOINTS"}
+    if failpoint:
+        env["TWINLOG_FAILPOINTS"] = failpoint
+    return subprocess.Popen(
+        [sys.executable, os.fspath(WRITER), json.dumps(pair.config_dict(node)), str(count), prefix],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+
+
+def run_all(procs: list[subprocess.Popen[str]]) -> tuple[list[str], list[dict[str, int]], int]:
+    """Wait for every writer: acknowledged ids, the counters of those that ended normally, and
+    how many died by SIGKILL (their failpoint)."""
+    acked: list[str] = []
+    stats: list[dict[str, int]] = []
+    killed = 0
+    for proc in procs:
+        out, err = proc.communicate(timeout=120)
+        acked += [line for line in out.splitlines() if ":" in line]
+        if proc.returncode == -signal.SIGKILL:
+            killed += 1
+        elif proc.returncode == 0:
+            stats.append(json.loads(err.strip().splitlines()[-1]))
+        else:
+            raise AssertionError(f"writer failed ({proc.returncode}): {err}")
+    return acked, stats, killed
+
+
+@pytest.mark.parametrize("peer_up", [True, False])
+def test_writer_processes_commit_in_groups_exactly_once(pair: Pair, peer_up: bool) -> None:
+    if not peer_up:
+        pair.cut("a")
+    procs = [spawn(pair, "a", 80, f"p{i}") for i in range(6)]
+    acked, stats, killed = run_all(procs)
+    assert killed == 0
+    assert len(acked) == len(set(acked)) == 480
+    assert sum(s["followers_served"] for s in stats) > 0, "no process ever led a group"
+    assert sum(s["followed"] for s in stats) > 0
+    ids = log_ids(pair.log_dir("a"))
+    assert sorted(ids) == sorted(acked)
+    assert [int(i.split(":")[1]) for i in ids] == list(range(1, 481))
+    pair.heal()
+    pair.twin("a").reconcile()
+    assert_converged(pair, acked)
+
+
+@pytest.mark.parametrize("point", ["after_assign", "after_local_append", "after_peer_append"])
+def test_leader_killed_mid_group(pair: Pair, point: str) -> None:
+    """Two of six writers are armed to die at the point (after_assign is reached only when
+    leading a group with followers; the others when leading at all); the followers settle what
+    the dead leader had assigned to them. Rounds repeat until a leader was killed."""
+    acked: list[str] = []
+    stats: list[dict[str, int]] = []
+    killed = 0
+    for _ in range(5):
+        procs = [
+            spawn(pair, "a", 60, f"p{i}", failpoint=f"{point}@2" if i < 2 else "") for i in range(6)
+        ]
+        more, more_stats, more_killed = run_all(procs)
+        acked += more
+        stats += more_stats
+        killed += more_killed
+        if killed:
+            break
+    assert killed >= 1, f"{point} never reached"
+    assert len(acked) == len(set(acked))
+    if point == "after_assign":
+        assert sum(s["orphans"] for s in stats) > 0, "no follower had to settle"
+    pair.heal()
+    pair.twin("a").reconcile()
+    pair.twin("b").reconcile()
+    assert_converged(pair, acked)
+    a_ids = log_ids(pair.log_dir("a"))
+    assert len(a_ids) == len(set(a_ids))
+    assert [int(i.split(":")[1]) for i in a_ids] == list(range(1, len(a_ids) + 1))
+
+
+def test_orphans_written_by_a_dead_leader_are_answered_not_written_again(pair: Pair) -> None:
+    """The leader appended our assigned entries and died: they count as written, and with the
+    peer away they are cached before the writer is answered."""
+    pair.cut("a")
+    a = pair.twin("a", group_commit=False)
+    first = a.write("before")
+    ts = "2099-01-01T00:00:00.000001Z"
+    line = encode_entry("a", 2, ts, "orphan", b'"k":1')
+    with open(pair.log_dir("a") / "twinlog.log", "ab") as f:  # what the dead leader wrote
+        f.write(line)
+    from twinlog._api import _Pending
+
+    written = _Pending("orphan", b'"k":1', {"k": 1}, orphan=(2, ts))
+    unwritten = _Pending("lost", b"", {}, orphan=(3, "2099-01-01T00:00:00.000002Z"))
+    with a._mutex:
+        a._commit([written, unwritten])
+    assert written.entry is not None and written.entry.id == "a:2"
+    assert written.entry.ts == ts
+    assert unwritten.entry is not None and unwritten.entry.seq == 3
+    assert log_ids(pair.log_dir("a")) == [first.id, "a:2", "a:3"]
+    cache = (pair.log_dir("a") / "twinlog.cache").read_bytes()
+    assert line in cache
+    pair.connect("a")
+    a.reconcile()
+    assert_converged(pair, [first.id, "a:2", "a:3"])
+
+
+# -- the hand-over protocol itself --------------------------------------------------------------
+@pytest.fixture
+def name(tmp_path: Path) -> bytes:
+    return f"\0twinlog-test-{os.getpid()}-{tmp_path.name}".encode()
+
+
+def _leader_thread(
+    name: bytes, script: list[tuple[str, float]], log: list[object]
+) -> threading.Thread:
+    """A fake leader: takes one follower and follows ``script`` (action, delay before it)."""
+    lead = Leadership.try_take(name)
+    assert lead is not None
+
+    def run() -> None:
+        try:
+            followers = []
+            deadline = time.monotonic() + 5
+            while not followers and time.monotonic() < deadline:
+                followers = lead.collect()
+                time.sleep(0.005)
+            (f,) = followers
+            log.append(f.items)
+            for action, delay in script:
+                time.sleep(delay)
+                if action == "assign":
+                    log.append(f.assign([(7, "ts")]))
+                elif action == "done":
+                    f.answer(None)
+                elif action == "fail":
+                    f.answer(OSError(28, "No space left on device"))
+                elif action == "close":
+                    f.sock.close()
+            f.sock.close()
+        finally:
+            lead.close()
+
+    t = threading.Thread(target=run)
+    t.start()
+    return t
+
+
+def test_follower_done(name: bytes) -> None:
+    log: list[object] = []
+    t = _leader_thread(name, [("assign", 0), ("done", 0)], log)
+    outcome = follow(name, [("m", b"")], 5)
+    t.join()
+    assert (outcome.kind, outcome.assigned) == ("done", [(7, "ts")])
+    assert log == [[("m", b"")], True]
+
+
+def test_follower_of_a_leader_that_died_after_assigning_is_an_orphan(name: bytes) -> None:
+    t = _leader_thread(name, [("assign", 0), ("close", 0)], [])
+    outcome = follow(name, [("m", b"")], 5)
+    t.join()
+    assert (outcome.kind, outcome.assigned) == ("orphan", [(7, "ts")])
+
+
+def test_follower_that_gives_up_before_any_assignment_is_never_assigned(name: bytes) -> None:
+    log: list[object] = []
+    t = _leader_thread(name, [("assign", 0.6)], log)
+    outcome = follow(name, [("m", b"")], 0.2)
+    t.join()
+    assert outcome.kind == "timeout"
+    assert log[-1] is False, "the leader could still assign a follower that gave up"
+
+
+def test_follower_that_gives_up_just_after_an_assignment_still_sees_it(name: bytes) -> None:
+    """The A arrives while the follower is deciding to give up: it must count as assigned."""
+    lead = Leadership.try_take(name)
+    assert lead is not None
+    follower_sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    follower_sock.connect(name)
+    follower_sock.send(pickle.dumps([("m", b"")]))
+    time.sleep(0.05)
+    (f,) = lead.collect()
+    assert f.assign([(9, "ts")])
+    # what follow() does when its patience ends: shut reading, then read what is there
+    follower_sock.shutdown(socket.SHUT_RD)
+    assert follower_sock.recv(1 << 16)[:1] == b"A"
+    assert not f.assign([(10, "ts")]), "an assignment after the shutdown must fail"
+    f.sock.close()
+    follower_sock.close()
+    lead.close()
+
+
+def test_an_error_before_assignment_is_reported(name: bytes) -> None:
+    t = _leader_thread(name, [("fail", 0)], [])
+    outcome = follow(name, [("m", b"")], 5)
+    t.join()
+    assert outcome.kind == "error" and outcome.error is not None
+    assert "No space left" in outcome.error[1]
+
+
+def test_an_error_after_assignment_is_settled_like_an_orphan(name: bytes) -> None:
+    t = _leader_thread(name, [("assign", 0), ("fail", 0)], [])
+    outcome = follow(name, [("m", b"")], 5)
+    t.join()
+    assert (outcome.kind, outcome.assigned) == ("orphan", [(7, "ts")])
+
+
+def test_no_leader_means_retry(name: bytes) -> None:
+    assert follow(name, [("m", b"")], 1).kind == "retry"
+
+
+def test_one_leader_at_a_time_and_the_name_is_freed_on_close(name: bytes) -> None:
+    first = Leadership.try_take(name)
+    assert first is not None
+    assert Leadership.try_take(name) is None
+    first.close()
+    again = Leadership.try_take(name)
+    assert again is not None
+    again.close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to become another user")
+def test_another_user_can_neither_follow_nor_lead(name: bytes) -> None:
+    lead = Leadership.try_take(name)
+    assert lead is not None
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through its exit status
+        try:
+            os.setgid(65534)
+            os.setuid(65534)
+            outcome = follow(name, [("intruder", b"")], 0.5)
+            os._exit(0 if outcome.kind == "retry" else 1)
+        except BaseException:
+            os._exit(2)
+    time.sleep(0.2)
+    assert lead.collect() == [], "a stranger's request was accepted"
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    lead.close()
+
+
+def test_group_commit_can_be_turned_off(pair: Pair) -> None:
+    config = Config.from_mapping({**pair.config_dict("a"), "group_commit": False})
+    with TwinLog(config) as log:
+        log.write("alone")
+        assert log.group_stats["led"] == 0
+    with TwinLog(pair.config("a")) as log:
+        log.write("grouped")
+        assert log.group_stats["led"] == 1
