@@ -9,6 +9,7 @@ character, so any ``str`` message stays on one line and round-trips intact.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
@@ -185,11 +186,31 @@ def decode_line(line: bytes) -> Entry | None:
 
 def format_ts(micros: int) -> str:
     """RFC 3339 UTC with microseconds, fixed width, so strings sort like the instants."""
-    dt = datetime.fromtimestamp(micros // 1_000_000, tz=UTC)
-    return f"{dt:%Y-%m-%dT%H:%M:%S}.{micros % 1_000_000:06d}Z"
+    seconds, fraction = divmod(micros, 1_000_000)
+    prefix = _format_seconds(seconds)
+    return f"{prefix}.{fraction:06d}Z"
 
 
 def parse_ts(ts: str) -> int:
     """Microseconds since the epoch of a :func:`format_ts` string."""
-    dt = datetime.strptime(ts[:19], "%Y-%m-%dT%H:%M:%S").replace(tzinfo=UTC)
-    return int(dt.timestamp()) * 1_000_000 + int(ts[20:26])
+    return _parse_seconds(ts[:19]) * 1_000_000 + int(ts[20:26])
+
+
+@functools.lru_cache(maxsize=64)
+def _format_seconds(seconds: int) -> str:
+    # Entries written close together share their second: formatting it once is the saving.
+    return f"{datetime.fromtimestamp(seconds, tz=UTC):%Y-%m-%dT%H:%M:%S}"
+
+
+@functools.lru_cache(maxsize=64)
+def _parse_seconds(text: str) -> int:
+    dt = datetime(
+        int(text[0:4]),
+        int(text[5:7]),
+        int(text[8:10]),
+        int(text[11:13]),
+        int(text[14:16]),
+        int(text[17:19]),
+        tzinfo=UTC,
+    )
+    return int(dt.timestamp())
