@@ -2,7 +2,8 @@
 
 Run by hand, as root, from the repository root::
 
-    .venv/bin/python tests/soak.py --seconds 600 [--seed N] [--report docs/reliability.md]
+    .venv/bin/python tests/soak.py --seconds 600 [--writers 4] [--seed N] \\
+        [--report docs/reliability.md]
 
 It prints the seed first (pass it back with ``--seed`` to replay the same schedule), writes the
 report between the ``soak-report`` markers of the report file (the rest of the file is left as
@@ -80,6 +81,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--keep", action="store_true", help="keep the run directory")
     parser.add_argument(
+        "--writers", type=int, default=2, help="writer processes per node (group commit: > 1)"
+    )
+    parser.add_argument(
         "--skip-failpoint", action="append", default=[], choices=POINTS, metavar="POINT"
     )
     args = parser.parse_args(argv)
@@ -87,7 +91,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"soak seed: {seed}", flush=True)
     failpoints = tuple(p for p in POINTS if p not in args.skip_failpoint)
     cfg = HistoryConfig(
-        seed=seed, duration=args.seconds, coverage_grace=120.0, failpoints=failpoints
+        seed=seed,
+        duration=args.seconds,
+        coverage_grace=120.0,
+        failpoints=failpoints,
+        writers_per_node=args.writers,
     )
     root = args.workdir or Path(tempfile.mkdtemp(prefix="twinlog-soak-"))
     root.mkdir(parents=True, exist_ok=True)
