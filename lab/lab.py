@@ -12,8 +12,8 @@ lab.py proof                    the NFS lock proof on the running lab
 lab.py smoke                    up + proof + down, in one go
 lab.py scenarios [NAME...]      deploy twinlog (the playbook) + fault scenarios on the
                                 running lab (--fresh: up, all, down)
-lab.py ci                       CI's subset, from nothing: image, boot, lock proof, deploy,
-                                link cut + heal, down (what .ci/run runs)
+lab.py ci [--attach]            CI's subset, from nothing: image, boot, lock proof, deploy,
+                                link cut + heal, down (--attach: on the VMs `up` left running)
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ def _cmd_smoke(args: argparse.Namespace) -> int:
 
 
 def _cmd_ci(args: argparse.Namespace) -> int:
-    results = ci.run()
+    results = ci.run(attach=args.attach)
     print(results.summary())
     print(f"results: {RUN_DIR / ci.RESULTS_FILE}")
     print(ci.closing_line(results))
@@ -179,7 +179,11 @@ def _parser() -> argparse.ArgumentParser:
     scen.add_argument("names", nargs="*", help=f"default: all of {list(scenarios.SCENARIOS)}")
     scen.add_argument("--fresh", action="store_true", help="up, run, down (else: running lab)")
     scen.set_defaults(func=_cmd_scenarios)
-    sub.add_parser("ci", help="CI's subset of the lab, from nothing").set_defaults(func=_cmd_ci)
+    cip = sub.add_parser("ci", help="CI's subset of the lab, from nothing")
+    cip.add_argument(
+        "--attach", action="store_true", help="use the VMs `up` left running (then down)"
+    )
+    cip.set_defaults(func=_cmd_ci)
     return parser
 
 
