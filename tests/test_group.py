@@ -275,3 +275,56 @@ def test_group_commit_can_be_turned_off(pair: Pair) -> None:
     with TwinLog(pair.config("a")) as log:
         log.write("grouped")
         assert log.group_stats["led"] == 1
+
+
+def test_a_follower_learns_the_leaders_view_of_the_peer(pair: Pair) -> None:
+    """The answer carries the leader's reason (and back-off): a follower's last_reason is right,
+    and after a peer timeout the next leader does not knock on that peer again at once."""
+    pair.cut("a")
+    leader, follower = pair.twin("a"), pair.twin("a")
+    assert leader._group_name is not None
+    lead = Leadership.try_take(leader._group_name)
+    assert lead is not None
+    done: list[str] = []
+    t = threading.Thread(target=lambda: done.append(follower.write("via the leader").id))
+    t.start()
+    deadline = time.monotonic() + 5
+    while not lead.pending() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    with leader._mutex:
+        leader._backoff_until = time.monotonic() + 60  # as after a timeout...
+        leader._commit([], lead=lead)  # ...but the reason this time is the missing mount
+    t.join(5)
+    lead.close()
+    assert done == ["a:1"]
+    assert follower.group_stats["followed"] == 1
+    assert follower.last_reason == "not_mounted"
+    assert log_ids(pair.log_dir("a")) == ["a:1"]
+
+
+def test_the_answer_carries_the_back_off(name: bytes, pair: Pair) -> None:
+    lead = Leadership.try_take(name)
+    assert lead is not None
+    until = time.monotonic() + 30
+
+    def leader() -> None:
+        deadline = time.monotonic() + 5
+        followers = []
+        while not followers and time.monotonic() < deadline:
+            followers = lead.collect()
+            time.sleep(0.005)
+        (f,) = followers
+        f.assign([(1, "ts")])
+        f.answer(None, ("timeout", until))
+
+    t = threading.Thread(target=leader)
+    t.start()
+    outcome = follow(name, [("m", b"")], 5)
+    t.join()
+    lead.close()
+    assert outcome.kind == "done" and outcome.peer == ("timeout", until)
+    twin = pair.twin("a")
+    twin._learn(outcome.peer)
+    assert twin._backoff_reason() == "timeout" and twin.last_reason == "timeout"
+    twin._learn(("ok", 0.0))
+    assert twin._backoff_reason() is None

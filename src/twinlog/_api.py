@@ -204,6 +204,7 @@ class TwinLog:
                 outcome.kind = "timeout"
             self.group_stats["followed"] += 1
             if outcome.kind == "done":
+                self._learn(outcome.peer)
                 node = self.config.node
                 for p, (seq, ts) in zip(batch, outcome.assigned, strict=True):
                     p.entry = Entry(f"{node}:{seq}", node, seq, ts, p.msg, p.fields)
@@ -224,6 +225,17 @@ class TwinLog:
                 for p in batch:
                     p.error = error
             return
+
+    def _learn(self, peer: tuple[str, float] | None) -> None:
+        """Take over the leader's view of the peer: its last reason and its back-off."""
+        if peer is None:
+            return
+        reason, backoff_until = peer
+        self._last_reason = reason
+        if reason == "timeout":
+            self._backoff_until = max(self._backoff_until, backoff_until)
+        elif reason == "ok":
+            self._backoff_until = 0.0
 
     def _lead(self, lead: Leadership, batch: list[_Pending]) -> None:
         """Commit our batch, then once more for whoever queued meanwhile (followers, and threads
@@ -314,8 +326,6 @@ class TwinLog:
                     self._peer_ops.release()
             if held_local:
                 self._local_ops.unlock()
-        for follower in followers:
-            follower.answer(None)
         self._last_reason = result.reason
         if not result.peer_reachable:
             self._checked = None  # whatever went wrong, check the directory again next time
@@ -323,6 +333,10 @@ class TwinLog:
             self._backoff_until = time.monotonic() + cfg.probe_timeout + cfg.io_timeout
         elif result.peer_reachable:
             self._backoff_until = 0.0
+        for follower in followers:
+            # What we learnt about the peer goes with the answer: a follower that leads next
+            # does not knock on a peer that just timed out (and reports the right reason).
+            follower.answer(None, (result.reason, self._backoff_until))
         return result
 
     def _connect_and_look(self) -> tuple[tuple[int, int, bytes] | None, bool]:

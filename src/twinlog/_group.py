@@ -78,11 +78,12 @@ class Follower:
         self.assigned = assigned
         return True
 
-    def answer(self, error: BaseException | None) -> None:
-        """``D`` (durable as promised) or ``E`` with the error; then hang up."""
+    def answer(self, error: BaseException | None, peer: tuple[str, float] | None = None) -> None:
+        """``D`` (durable as promised, with the leader's view of the peer: its reason and
+        back-off deadline on the shared monotonic clock) or ``E`` with the error; hang up."""
         with contextlib.suppress(OSError):
             if error is None:
-                self.sock.send(b"D")
+                self.sock.send(b"D" + pickle.dumps(peer))
             else:
                 kind = "lock_timeout" if isinstance(error, TimeoutError) else "storage"
                 self.sock.send(b"E" + pickle.dumps((kind, str(error) or type(error).__name__)))
@@ -170,6 +171,7 @@ class Outcome:
     kind: str
     assigned: Assigned = field(default_factory=list)
     error: tuple[str, str] | None = None
+    peer: tuple[str, float] | None = None  # with ``done``: the leader's view of the peer
 
 
 def follow(name: bytes, items: Items, patience: float) -> Outcome:
@@ -207,7 +209,7 @@ def follow(name: bytes, items: Items, patience: float) -> Outcome:
                 assigned = pickle.loads(body)
                 deadline = time.monotonic() + patience
             elif kind == b"D" and assigned is not None:
-                return Outcome("done", assigned)
+                return Outcome("done", assigned, peer=pickle.loads(body) if body else None)
             elif kind == b"E":
                 error: tuple[str, str] = pickle.loads(body)
                 if assigned is not None and error[0] != "lock_timeout":
