@@ -13,6 +13,7 @@ __all__ = ["ROW_KEYS"]
 ROW_KEYS = (
     "single.peer_up.p50",
     "single.peer_up.p99",
+    "single.peer_up.floor",
     "single.peer_down.p50",
     "single.peer_down.p99",
     "concurrent.one_node.1",
@@ -31,6 +32,7 @@ ROW_KEYS = (
     "verify.time",
     "verify.rss",
     "probe.cost",
+    "probe.identity",
     "probe.hung",
     "probe.recover",
 )
