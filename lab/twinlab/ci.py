@@ -15,8 +15,11 @@ The full lab stays `lab.py smoke` + `lab.py scenarios --fresh` (see docs/lab.md)
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
+import subprocess
 import time
 import traceback
 from collections.abc import Callable
@@ -81,10 +84,30 @@ def closing_line(results: ProofResults) -> str:
 
 
 def renice(lab: Lab, niceness: int = 0) -> None:
-    """Set every thread of both VMs to niceness (they were booted niced beside the tests)."""
-    for pid in lab.pids.values():
+    """Set every thread of both VMs and of their ssh masters to niceness (they were started
+    niced beside the tests; every later ssh command and its output goes through the master)."""
+    pids = list(lab.pids.values())
+    for name in lab.pids:
+        pid = _master_pid(lab.files(name).ssh_control)
+        if pid is not None:
+            pids.append(pid)
+    for pid in pids:
         for task in Path(f"/proc/{pid}/task").iterdir():
-            os.setpriority(os.PRIO_PROCESS, int(task.name), niceness)
+            with contextlib.suppress(ProcessLookupError):
+                os.setpriority(os.PRIO_PROCESS, int(task.name), niceness)
+
+
+def _master_pid(control: Path) -> int | None:
+    check = subprocess.run(
+        ["ssh", "-o", f"ControlPath={control}", "-O", "check", "lab"],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=False,
+    )
+    match = re.search(r"pid=(\d+)", check.stderr + check.stdout)
+    return int(match[1]) if match else None
 
 
 def _timed(results: ProofResults, name: str, action: Callable[[], object]) -> None:
