@@ -427,7 +427,7 @@ class TwinLog:
         cfg = self.config
         state = self._local.state
         assert state is not None
-        settled = self._settle_orphans(batch)
+        self._settle_orphans(batch)
         fresh = [p for p in batch if p.entry is None]
         total = len(fresh) + sum(len(f.items) for f in followers)
         stamps = iter(self._clock.next_after(state.max_ts or None, total) if total else ())
@@ -480,10 +480,9 @@ class TwinLog:
                         _failpoints.hit("after_peer_append")
                 except PeerError:
                     peer_ok = False
-        if not peer_ok and (lines or settled):
+        if not peer_ok and lines:
             try:
-                # Settled orphans are in our log but maybe neither on the peer nor cached.
-                self._local.append_cache(settled + lines)
+                self._local.append_cache(lines)
             except OSError as exc:
                 raise StorageError(
                     exc.errno, f"cannot append to the local cache: {exc.strerror}"
@@ -501,15 +500,17 @@ class TwinLog:
             )
         return peer_ok, released
 
-    def _settle_orphans(self, batch: list[_Pending]) -> list[bytes]:
+    def _settle_orphans(self, batch: list[_Pending]) -> None:
         """Entries a group-commit leader assigned and then died (or failed) over: those whose
-        seq is in our log were written, and are answered; the others get committed afresh.
-        Returns the lines of the written ones (the caller caches them if the peer is away)."""
+        line is in our log were written, and are answered; the others get committed afresh.
+
+        A written one is not cached again, even with the peer away: our log is the source of
+        every drain (the cache only indexes it, and a drain fills a cache's gaps from the log),
+        and appending it now could put it after a later seq in the cache."""
         node = self.config.node
         state = self._local.state
         assert state is not None
         mark = state.hwm.get(node, 0)
-        lines = []
         for pending in batch:
             if pending.orphan is None:
                 continue
@@ -520,8 +521,6 @@ class TwinLog:
             # have taken that seq for its own entry. Only the very line counts.
             if seq <= mark and self._line_of(seq) == line:
                 pending.entry = Entry(f"{node}:{seq}", node, seq, ts, pending.msg, pending.fields)
-                lines.append(line)
-        return lines
 
     def _line_of(self, seq: int) -> bytes | None:
         """Our own entry ``seq`` as it is in our log (found from the end: it is recent)."""
