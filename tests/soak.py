@@ -21,6 +21,7 @@ import platform
 import random
 import shlex
 import shutil
+import subprocess
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -41,7 +42,7 @@ def render(report: HistoryReport, cfg: HistoryConfig, command: str) -> str:
     head = [
         START,
         f"Soak of {when} on {platform.system()} {platform.release()}, {cpus} CPUs, "
-        f"Python {platform.python_version()}; verdict: "
+        f"Python {platform.python_version()}, commit {_commit()}; verdict: "
         + ("**all invariants held**" if report.ok else "**INVARIANTS VIOLATED**")
         + ".",
         "",
@@ -60,6 +61,27 @@ def render(report: HistoryReport, cfg: HistoryConfig, command: str) -> str:
         "",
     ]
     return "\n".join(head) + report.to_markdown() + END + "\n"
+
+
+def _commit() -> str:
+    """The checked-out commit (with "+changes" when the work tree differs from it)."""
+    repo = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(
+            ["git", "-C", os.fspath(repo), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", os.fspath(repo), "status", "--porcelain", "--", "src", "tests"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return f"`{head}`" + (" +changes" if dirty else "")
 
 
 def write_report(path: Path, section: str) -> None:
