@@ -1,5 +1,7 @@
-"""Draining a large cache: blocks go from the local cache to the peer's log by ``sendfile()`` in
-the worker, each copy overlapping the reading of the next block."""
+"""Draining a large cache: the peer's worker copies each block from the local cache into the
+peer's log, counting its lines on the way (the writer only reads the block's edges); a block
+that is not exactly the next run (a gap) goes the slow way: read and checked by the writer, and
+what the cache lacks taken from the log."""
 
 from __future__ import annotations
 
@@ -29,21 +31,27 @@ def _fill_cache(pair: Pair, count: int) -> list[str]:
     return acked
 
 
+@pytest.mark.parametrize("path", ["counted", "sendfile"])
 def test_big_drain_is_copied_by_the_worker_block_by_block(
-    pair: Pair, monkeypatch: pytest.MonkeyPatch
+    pair: Pair, monkeypatch: pytest.MonkeyPatch, path: str
 ) -> None:
+    """``counted``: the worker counts while copying. ``sendfile``: the writer reads and checks
+    each block (what happens after a block failed the count), the worker sendfile()s it."""
     monkeypatch.setattr(twinlog._store, "DRAIN_CHUNK", 4096)  # many blocks, torn at the edges
     acked = _fill_cache(pair, 600)
     cache = (pair.log_dir("a") / "twinlog.cache").read_bytes()
     assert len(cache) > 20 * 4096
     copies: list[tuple[int, int]] = []
-    real = RemoteOps.append_from_later
+    name = "append_counted_from_later" if path == "counted" else "append_from_later"
+    real = getattr(RemoteOps, name)
 
-    def spy(self: RemoteOps, name: str, *copy: Any) -> Callable[[], int]:
+    def spy(self: RemoteOps, target: str, *copy: Any) -> Callable[[], int]:
         copies.append((copy[1], copy[2]))  # (offset, length)
-        return real(self, name, *copy)
+        return real(self, target, *copy)  # type: ignore[no-any-return]
 
-    monkeypatch.setattr(RemoteOps, "append_from_later", spy)
+    monkeypatch.setattr(RemoteOps, name, spy)
+    if path == "sendfile":
+        monkeypatch.delattr(RemoteOps, "append_counted_from_later")
     pair.connect("a")
     a = pair.twin("a")
     result = a.reconcile()
@@ -59,6 +67,38 @@ def test_big_drain_is_copied_by_the_worker_block_by_block(
     assert e.seq == 601
     assert log_ids(pair.log_dir("b"))[-1] == e.id
     assert_converged(pair, [*acked, e.id])
+
+
+def test_a_gap_inside_a_block_fails_the_count_and_is_filled_from_the_log(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A crash between the log append and the cache append leaves the cache without an entry;
+    the block around the gap has the right first and last seqs but one line too few."""
+    monkeypatch.setattr(twinlog._store, "DRAIN_CHUNK", 4096)
+    acked = _fill_cache(pair, 300)
+    cache_file = pair.log_dir("a") / "twinlog.cache"
+    lines = cache_file.read_bytes().splitlines(keepends=True)
+    del lines[150]  # a:151, in the middle of some block
+    cache_file.write_bytes(b"".join(lines))
+    results: list[int] = []
+    real = RemoteOps.append_counted_from_later
+
+    def spy(self: RemoteOps, target: str, *copy: Any) -> Callable[[], int]:
+        finish = real(self, target, *copy)
+
+        def recorded() -> int:
+            results.append(finish())
+            return results[-1]
+
+        return recorded
+
+    monkeypatch.setattr(RemoteOps, "append_counted_from_later", spy)
+    pair.connect("a")
+    a = pair.twin("a")
+    assert a.reconcile().pushed == 300
+    assert -1 in results, "the block with the gap was not refused"
+    assert log_ids(pair.log_dir("b")) == acked  # all, once, in order
+    assert_converged(pair, acked)
 
 
 def test_drain_copy_that_fails_half_way_is_finished_by_the_next_write(
@@ -83,12 +123,12 @@ def test_drain_copy_that_fails_half_way_is_finished_by_the_next_write(
         ops = DirOps(os.fspath(pair.peer_dir("a")))
         ops.open_dir("b", None, False)
         try:
-            size = ops.append_from(name, *copy)
+            size = ops.append_counted_from(name, *copy)
         finally:
             ops.close()
         return lambda: size
 
-    monkeypatch.setattr(RemoteOps, "append_from_later", copy_in_process)
+    monkeypatch.setattr(RemoteOps, "append_counted_from_later", copy_in_process)
     pair.connect("a")
     a = pair.twin("a")
     first = a.reconcile()
@@ -117,4 +157,19 @@ def test_append_from_a_short_source_fails_and_leaves_the_target_as_it_was(
     with pytest.raises(OSError):
         ops.append_from("twinlog.log", os.fspath(src), 4, 100, False)
     assert (tmp_path / "twinlog.log").read_bytes() == b"one\nthree\n"
+    ops.close()
+
+
+def test_append_counted_from_refuses_a_wrong_count_and_appends_nothing(tmp_path: Path) -> None:
+    ops = DirOps(os.fspath(tmp_path))
+    (tmp_path / "twinlog.node").write_text("a\n")
+    assert ops.open_dir("a", None, True) == "ok"
+    (tmp_path / "twinlog.log").write_bytes(b"one\n")
+    src = tmp_path / "src"
+    src.write_bytes(b"two\nthree\nfour")
+    assert ops.append_counted_from("twinlog.log", os.fspath(src), 0, 10, 3, False) == -1
+    assert ops.append_counted_from("twinlog.log", os.fspath(src), 0, 14, 3, False) == -1  # torn
+    assert (tmp_path / "twinlog.log").read_bytes() == b"one\n"
+    assert ops.append_counted_from("twinlog.log", os.fspath(src), 0, 10, 2, True) == 14
+    assert (tmp_path / "twinlog.log").read_bytes() == b"one\ntwo\nthree\n"
     ops.close()

@@ -108,6 +108,22 @@ class RemoteOps:
         )
         return lambda: int(receive()[0][0])
 
+    def append_counted_from_later(  # noqa: PLR0917 - mirrors the worker's call
+        self, name: str, src_path: str, offset: int, length: int, lines: int, fsync: bool
+    ) -> Callable[[], int]:
+        """Start :meth:`~twinlog._fileops.DirOps.append_counted_from` in the worker; the
+        returned function waits for it and returns the new size, or -1 (not exactly ``lines``
+        lines: nothing appended)."""
+        receive = self.remote.submit(
+            [
+                (
+                    [("append_counted_from", (name, src_path, offset, length, lines, fsync))],
+                    self.io_timeout,
+                )
+            ]
+        )
+        return lambda: int(receive()[0][0])
+
     def repair_tail(self, name: str) -> int:
         cut: int = self._call("repair_tail", name)
         return cut

@@ -38,6 +38,7 @@ CHUNK = 1 << 20
 DRAIN_CHUNK = 4 << 20
 CHECKPOINT_EVERY = 1 << 20
 _TAIL_BYTES = 48
+_EDGE = 256 * 1024  # how much of a drain block's edges is read to find its first and last line
 _SEGMENT_RE = re.compile(r"twinlog\.log\.(\d+)")
 
 
@@ -91,6 +92,18 @@ def split_lines(data: bytes) -> tuple[list[bytes], int]:
     if end == 0:
         return [], 0
     return data[:end].splitlines(keepends=True), end
+
+
+@dataclass(frozen=True)
+class CacheRun:
+    """A stretch of whole cache lines: offsets, the keys of its first and last lines, and its
+    last bytes."""
+
+    start: int
+    end: int
+    first: tuple[str, int, str]
+    last: tuple[str, int, str]
+    tail: bytes
 
 
 class LogStore:
@@ -477,9 +490,9 @@ class LogStore:
         for _, block in self.iter_cache_blocks_at():
             yield block
 
-    def iter_cache_blocks_at(self) -> Iterator[tuple[int, bytes]]:
-        """:meth:`iter_cache_blocks` with each block's offset in the file."""
-        offset = 0
+    def iter_cache_blocks_at(self, offset: int = 0) -> Iterator[tuple[int, bytes]]:
+        """:meth:`iter_cache_blocks` from ``offset`` (a line's start), with each block's offset
+        in the file."""
         rest = b""
         while True:
             data = self.ops.read(CACHE_FILE, offset, DRAIN_CHUNK)
@@ -493,6 +506,54 @@ class LogStore:
             rest = data[end:]
             if end:
                 yield start, (data[:end] if rest else data)
+
+    def cache_size(self) -> int:
+        st = self.ops.stat(CACHE_FILE)
+        return st[0] if st else 0
+
+    def cache_run_at(self, pos: int, size: int) -> CacheRun | None:
+        """The whole lines of the cache from ``pos`` (a line's start) to at most
+        ``DRAIN_CHUNK`` further, judged from its edges only: None where an edge line is not an
+        entry or longer than the edge read (the caller then reads the block itself)."""
+        head = self.ops.read(CACHE_FILE, pos, min(_EDGE, size - pos))
+        first_end = head.find(b"\n") + 1
+        limit = min(size, pos + DRAIN_CHUNK)
+        tail_start = max(pos, limit - _EDGE)
+        if limit - pos <= len(head):
+            tail = head[tail_start - pos : limit - pos]
+        else:
+            tail = self.ops.read(CACHE_FILE, tail_start, limit - tail_start)
+        end = tail.rfind(b"\n") + 1
+        if not first_end or not end:
+            return None
+        last_start = tail.rfind(b"\n", 0, end - 1) + 1
+        if last_start == 0 and tail_start > pos:
+            return None  # the last line began before the tail we read
+        first = parse_key(head[:first_end])
+        last = parse_key(tail[last_start:end])
+        if first is None or last is None:
+            return None
+        return CacheRun(pos, tail_start + end, first, last, tail[max(0, end - _TAIL_BYTES) : end])
+
+    def append_counted_later(self, source: str, run: CacheRun) -> Callable[[], bool] | None:
+        """Have the peer's worker append ``run`` of the local file ``source`` if it is exactly
+        ``last seq - first seq + 1`` lines (the worker counts them while copying). Returns the
+        function that waits for it and accounts for it (False: not such a run, nothing
+        appended), or None if this store cannot (it is not the peer's)."""
+        start = getattr(self.ops, "append_counted_from_later", None)
+        if start is None:
+            return None
+        lines = run.last[1] - run.first[1] + 1
+        finish = start(LOG_FILE, source, run.start, run.end - run.start, lines, False)
+
+        def done() -> bool:
+            size = finish()
+            if size < 0:
+                return False
+            self._account_run(size, run.last[0], run.last[1], run.last[2], run.tail)
+            return True
+
+        return done
 
     def local_path(self, name: str) -> str | None:
         """The path of ``name`` if this store's directory is local (the peer's worker can then

@@ -12,9 +12,11 @@ running it twice, or again after a crash at any point, adds nothing twice.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from twinlog import _failpoints
 from twinlog._fileops import CACHE_FILE
-from twinlog._store import LogStore
+from twinlog._store import CacheRun, LogStore
 from twinlog.entry import parse_key
 
 __all__ = ["transfer"]
@@ -59,7 +61,12 @@ def transfer(src: LogStore, dst: LogStore, origin: str) -> int:
         return not gap
 
     cache_path = src.local_path(CACHE_FILE)
-    for offset, block in src.iter_cache_blocks_at():
+    resume = 0
+    if cache_path is not None:
+        resume, next_seq, moved = _counted_runs(
+            src, dst, origin, next_seq, want, cache_path=cache_path
+        )
+    for offset, block in src.iter_cache_blocks_at(resume):
         if next_seq > want:
             break
         run = _next_run(block, origin, next_seq, want)
@@ -82,6 +89,42 @@ def transfer(src: LogStore, dst: LogStore, origin: str) -> int:
     if moved:
         dst.sync()
     return moved
+
+
+def _counted_runs(
+    src: LogStore, dst: LogStore, origin: str, next_seq: int, want: int, *, cache_path: str
+) -> tuple[int, int, int]:
+    """The fast drain: each block of the local cache is judged by its edges (first and last
+    seq) and the peer's worker copies it, counting its lines on the way (``append_counted``),
+    while this process looks at the next block's edges. Returns where the block-by-block drain
+    must go on (the cache's end when all went this way), the next seq, and the entries moved."""
+    size = src.cache_size()
+    pos, planned, moved = 0, next_seq, 0
+    pending: tuple[Callable[[], bool], CacheRun] | None = None
+    while True:
+        run = src.cache_run_at(pos, size) if pos < size and planned <= want else None
+        if run is not None and not (
+            run.first[0] == origin == run.last[0]
+            and run.first[1] == planned
+            and planned <= run.last[1] <= want
+        ):
+            run = None
+        if pending is not None:
+            finish, done = pending
+            pending = None
+            if not finish():  # a gap or a stray line inside: that block goes the slow way
+                return done.start, done.first[1], moved
+            moved += done.last[1] - done.first[1] + 1
+            next_seq = done.last[1] + 1
+            if _failpoints.ACTIVE:
+                _failpoints.hit("mid_transfer")
+        if run is None:
+            return pos, next_seq, moved
+        finish_run = dst.append_counted_later(cache_path, run)
+        if finish_run is None:
+            return pos, next_seq, moved
+        pending = (finish_run, run)
+        pos, planned = run.end, run.last[1] + 1
 
 
 def _next_run(block: bytes, origin: str, next_seq: int, want: int) -> tuple[int, int, str] | None:
