@@ -1,7 +1,7 @@
 """Draining a large cache: the peer's worker copies each block from the local cache into the
 peer's log, counting its lines on the way (the writer only reads the block's edges); a block
-that is not exactly the next run (a gap) goes the slow way: read and checked by the writer, and
-what the cache lacks taken from the log."""
+that is not exactly the next run (a gap) goes the slow way: read and checked by the writer, sent
+through the worker's pipe, and what the cache lacks taken from the log."""
 
 from __future__ import annotations
 
@@ -31,35 +31,36 @@ def _fill_cache(pair: Pair, count: int) -> list[str]:
     return acked
 
 
-@pytest.mark.parametrize("path", ["counted", "sendfile"])
+@pytest.mark.parametrize("path", ["counted", "piped"])
 def test_big_drain_is_copied_by_the_worker_block_by_block(
     pair: Pair, monkeypatch: pytest.MonkeyPatch, path: str
 ) -> None:
-    """``counted``: the worker counts while copying. ``sendfile``: the writer reads and checks
-    each block (what happens after a block failed the count), the worker sendfile()s it."""
+    """``counted``: the worker copies from the cache and counts each block's lines. ``piped``:
+    the writer reads and checks each block and sends it through the worker's pipe (what a block
+    that failed the count gets)."""
     monkeypatch.setattr(twinlog._store, "DRAIN_CHUNK", 4096)  # many blocks, torn at the edges
     acked = _fill_cache(pair, 600)
     cache = (pair.log_dir("a") / "twinlog.cache").read_bytes()
     assert len(cache) > 20 * 4096
     copies: list[tuple[int, int]] = []
-    name = "append_counted_from_later" if path == "counted" else "append_from_later"
-    real = getattr(RemoteOps, name)
+    real = RemoteOps.append_counted_from_later
 
     def spy(self: RemoteOps, target: str, *copy: Any) -> Callable[[], int]:
         copies.append((copy[1], copy[2]))  # (offset, length)
-        return real(self, target, *copy)  # type: ignore[no-any-return]
+        return real(self, target, *copy)
 
-    monkeypatch.setattr(RemoteOps, name, spy)
-    if path == "sendfile":
+    if path == "counted":
+        monkeypatch.setattr(RemoteOps, "append_counted_from_later", spy)
+    else:
         monkeypatch.delattr(RemoteOps, "append_counted_from_later")
     pair.connect("a")
     a = pair.twin("a")
     result = a.reconcile()
     assert result.pushed == 600
-    # every byte of the cache went by copy, in order, as whole lines
-    assert copies[0][0] == 0
-    assert all(o2 == o1 + n1 for (o1, n1), (o2, _) in itertools.pairwise(copies))
-    assert sum(n for _, n in copies) == len(cache)
+    if path == "counted":  # every byte of the cache went by copy, in order, as whole lines
+        assert copies[0][0] == 0
+        assert all(o2 == o1 + n1 for (o1, n1), (o2, _) in itertools.pairwise(copies))
+        assert sum(n for _, n in copies) == len(cache)
     assert (pair.log_dir("b") / "twinlog.log").read_bytes() == cache
     assert not (pair.log_dir("a") / "twinlog.cache").exists()
     # the store's idea of the peer's log matches the file: the next write follows on
@@ -143,7 +144,7 @@ def test_drain_copy_that_fails_half_way_is_finished_by_the_next_write(
     assert_converged(pair, [*acked, e.id])
 
 
-def test_append_from_a_short_source_fails_and_leaves_the_target_as_it_was(
+def test_append_counted_from_a_short_source_fails_and_leaves_the_target_as_it_was(
     tmp_path: Path,
 ) -> None:
     ops = DirOps(os.fspath(tmp_path))
@@ -152,10 +153,10 @@ def test_append_from_a_short_source_fails_and_leaves_the_target_as_it_was(
     (tmp_path / "twinlog.log").write_bytes(b"one\n")
     src = tmp_path / "src"
     src.write_bytes(b"two\nthree\n")
-    assert ops.append_from("twinlog.log", os.fspath(src), 4, 6, True) == 10
+    assert ops.append_counted_from("twinlog.log", os.fspath(src), 4, 6, 1, True) == 10
     assert (tmp_path / "twinlog.log").read_bytes() == b"one\nthree\n"
     with pytest.raises(OSError):
-        ops.append_from("twinlog.log", os.fspath(src), 4, 100, False)
+        ops.append_counted_from("twinlog.log", os.fspath(src), 4, 100, 1, False)
     assert (tmp_path / "twinlog.log").read_bytes() == b"one\nthree\n"
     ops.close()
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from twinlog._locks import LOCK_FILE, OfdLock, PosixLock
@@ -178,34 +178,12 @@ class DirOps:
         its size before the call (best effort), so a failed append leaves no partial line, and
         the error is raised: errors at write, fsync or close all mean "not durable".
         """
-        flags = os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC
-        try:
-            # Without O_CREAT when the file exists: creating takes the directory's lock
-            # exclusively, and a process queued on that lock behind a call stuck on a dead NFS
-            # server cannot even be killed.
-            fd = os.open(name, flags, dir_fd=self.dir_fd)
-        except FileNotFoundError:
-            fd = os.open(name, flags | os.O_CREAT, 0o640, dir_fd=self.dir_fd)
-        start = os.fstat(fd).st_size
-        try:
+        with self._appending(name) as fd:
             for chunk in chunks:
-                view = memoryview(chunk)
-                while view:
-                    written = os.write(fd, view)
-                    if written <= 0:  # pragma: no cover - write() returns >0 or raises
-                        raise OSError(errno.EIO, "short write")
-                    view = view[written:]
+                _write_all(fd, chunk)
             if fsync:
                 os.fsync(fd)
-            end = os.fstat(fd).st_size
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.ftruncate(fd, start)
-            with contextlib.suppress(OSError):
-                os.close(fd)
-            raise
-        os.close(fd)  # NFS reports delayed write errors here: it raises, and the caller retries
-        return end
+            return os.fstat(fd).st_size
 
     def append_counted_from(  # noqa: PLR0917 - one flat call over the worker's pipe
         self, name: str, src_path: str, offset: int, length: int, lines: int, fsync: bool
@@ -219,13 +197,8 @@ class DirOps:
         """
         src = os.open(src_path, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            flags = os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC
-            try:
-                fd = os.open(name, flags, dir_fd=self.dir_fd)
-            except FileNotFoundError:
-                fd = os.open(name, flags | os.O_CREAT, 0o640, dir_fd=self.dir_fd)
-            start = os.fstat(fd).st_size
-            try:
+            with self._appending(name) as fd:
+                start = os.fstat(fd).st_size
                 count = 0
                 done = 0
                 last = b""
@@ -235,64 +208,41 @@ class DirOps:
                         raise OSError(errno.EIO, f"{src_path}: short of {offset + length}")
                     count += data.count(b"\n")
                     last = data[-1:]
-                    view = memoryview(data)
-                    while view:
-                        view = view[os.write(fd, view) :]
+                    _write_all(fd, data)
                     done += len(data)
                 if count != lines or last != b"\n":
                     os.ftruncate(fd, start)
-                    os.close(fd)
                     return -1
                 if fsync:
                     os.fsync(fd)
-                end = os.fstat(fd).st_size
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.ftruncate(fd, start)
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-                raise
-            os.close(fd)
+                return os.fstat(fd).st_size
         finally:
             os.close(src)
-        return end
 
-    def append_from(self, name: str, src_path: str, offset: int, length: int, fsync: bool) -> int:
-        """Append ``length`` bytes of the file ``src_path`` from ``offset`` (complete lines,
-        checked by the caller) with ``sendfile()``: a drain's block goes from the local cache
-        to the peer's log without passing through the pipe. Same failure rules as :meth:`append`.
-        """
-        src = os.open(src_path, os.O_RDONLY | os.O_CLOEXEC)
+    @contextlib.contextmanager
+    def _appending(self, name: str) -> Iterator[int]:
+        """An ``O_APPEND`` descriptor of ``name``. On any failure in the block the file is cut
+        back to its size before (best effort), so a failed append leaves no partial line, and
+        the error is raised; then it is closed (a failing close raises too: NFS reports delayed
+        write errors there, and the caller retries)."""
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC
         try:
-            # sendfile() refuses an O_APPEND target: write at the end found on opening, which
-            # under the directory lock is where O_APPEND would write (on NFS it is the same
-            # size an O_APPEND write would use: the one the client got when opening).
-            flags = os.O_WRONLY | os.O_CLOEXEC
-            try:
-                fd = os.open(name, flags, dir_fd=self.dir_fd)
-            except FileNotFoundError:
-                fd = os.open(name, flags | os.O_CREAT, 0o640, dir_fd=self.dir_fd)
-            start = os.lseek(fd, 0, os.SEEK_END)
-            try:
-                done = 0
-                while done < length:
-                    sent = os.sendfile(fd, src, offset + done, length - done)
-                    if sent <= 0:
-                        raise OSError(errno.EIO, f"{src_path}: short of {offset + length}")
-                    done += sent
-                if fsync:
-                    os.fsync(fd)
-                end = os.fstat(fd).st_size
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.ftruncate(fd, start)
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-                raise
-            os.close(fd)
-        finally:
-            os.close(src)
-        return end
+            # Without O_CREAT when the file exists: creating takes the directory's lock
+            # exclusively, and a process queued on that lock behind a call stuck on a dead NFS
+            # server cannot even be killed.
+            fd = os.open(name, flags, dir_fd=self.dir_fd)
+        except FileNotFoundError:
+            fd = os.open(name, flags | os.O_CREAT, 0o640, dir_fd=self.dir_fd)
+        start = os.fstat(fd).st_size
+        try:
+            yield fd
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, start)
+            with contextlib.suppress(OSError):
+                os.close(fd)
+            raise
+        os.close(fd)
 
     def repair_tail(self, name: str) -> int:
         """Cut a torn last line (no newline: a writer died mid-append) off ``name``.
@@ -382,7 +332,6 @@ _OPS = frozenset(
         "lock",
         "unlock",
         "stat",
-        "append_from",
         "append_counted_from",
         "read",
         "read_all",
@@ -396,3 +345,12 @@ _OPS = frozenset(
         "fsync_dir",
     }
 )
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        if written <= 0:  # pragma: no cover - write() returns >0 or raises
+            raise OSError(errno.EIO, "short write")
+        view = view[written:]

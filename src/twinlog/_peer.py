@@ -95,19 +95,6 @@ class RemoteOps:
         size: int = self._call("append", name, chunks, fsync)
         return size
 
-    def append_from(self, name: str, src_path: str, offset: int, length: int, fsync: bool) -> int:
-        return self.append_from_later(name, src_path, offset, length, fsync)()
-
-    def append_from_later(
-        self, name: str, src_path: str, offset: int, length: int, fsync: bool
-    ) -> Callable[[], int]:
-        """Start :meth:`~twinlog._fileops.DirOps.append_from` in the worker; the returned
-        function waits for it (within ``io_timeout`` of the start) and returns the new size."""
-        receive = self.remote.submit(
-            [([("append_from", (name, src_path, offset, length, fsync))], self.io_timeout)]
-        )
-        return lambda: int(receive()[0][0])
-
     def append_counted_from_later(  # noqa: PLR0917 - mirrors the worker's call
         self, name: str, src_path: str, offset: int, length: int, lines: int, fsync: bool
     ) -> Callable[[], int]:

@@ -114,7 +114,6 @@ class LogStore:
         self.node = node
         self.fsync = fsync
         self.state: LogState | None = None
-        self._pending_run: tuple[Callable[[], int], str, int, str, bytes] | None = None
 
     # -- learning what the log holds ------------------------------------------------------
     @property
@@ -131,8 +130,6 @@ class LogStore:
         together with the lock (one round trip to the peer instead of two). Only call with
         ``repair=True`` while holding the directory's lock.
         """
-        # A copy started before a failure is not accounted: the file says what landed.
-        self._pending_run = None
         if prefetched is False:
             first = self.ops.tail(LOG_FILE, self.read_offset, CHUNK)
         else:
@@ -393,7 +390,6 @@ class LogStore:
         """
         if not lines:
             return
-        self.settle()
         state = self.state
         assert state is not None, "refresh() first"
         chunks = lines if one_write_per_line else _pack(lines)
@@ -409,39 +405,11 @@ class LogStore:
         state.tail = (state.tail + b"".join(lines[-2:]))[-_TAIL_BYTES:]
         state.offset = size
 
-    def append_run(
-        self,
-        block: bytes,
-        origin: str,
-        last_seq: int,
-        last_ts: str,
-        source: tuple[str, int] | None = None,
-    ) -> None:
+    def append_run(self, block: bytes, origin: str, last_seq: int, last_ts: str) -> None:
         """Append a block of complete lines known to be ``origin``'s entries up to
-        ``last_seq`` (checked by the caller), without fsync: see :meth:`sync`.
-
-        ``source``: ``(path, offset)`` of the same bytes in a local file, for a store that can
-        copy from it (the peer's, through its worker): the block then skips the pipe, and the
-        copy runs while the caller reads the next block; :meth:`settle` (or the next append or
-        :meth:`sync`) waits for it.
-        """
-        self.settle()
-        state = self.state
-        assert state is not None, "refresh() first"
-        start = getattr(self.ops, "append_from_later", None) if source else None
-        if source is not None and start is not None:
-            finish = start(LOG_FILE, source[0], source[1], len(block), False)
-            self._pending_run = (finish, origin, last_seq, last_ts, block[-_TAIL_BYTES:])
-            return
+        ``last_seq`` (checked by the caller), without fsync: see :meth:`sync`."""
         size = self.ops.append(LOG_FILE, [block], False)
         self._account_run(size, origin, last_seq, last_ts, block[-_TAIL_BYTES:])
-
-    def settle(self) -> None:
-        """Wait for a copy :meth:`append_run` started (its failure is raised here)."""
-        pending, self._pending_run = self._pending_run, None
-        if pending is not None:
-            finish, origin, last_seq, last_ts, tail = pending
-            self._account_run(finish(), origin, last_seq, last_ts, tail)
 
     def _account_run(
         self, size: int, origin: str, last_seq: int, last_ts: str, tail: bytes
@@ -456,7 +424,6 @@ class LogStore:
 
     def sync(self) -> None:
         """fsync the active log (after non-durable appends), if the config asks for fsync."""
-        self.settle()
         if self.fsync:
             self.ops.fsync_file(LOG_FILE)
 

@@ -66,14 +66,13 @@ def transfer(src: LogStore, dst: LogStore, origin: str) -> int:
         resume, next_seq, moved = _counted_runs(
             src, dst, origin, next_seq, want, cache_path=cache_path
         )
-    for offset, block in src.iter_cache_blocks_at(resume):
+    for _offset, block in src.iter_cache_blocks_at(resume):
         if next_seq > want:
             break
         run = _next_run(block, origin, next_seq, want)
         if run is not None:
             count, last_seq, last_ts = run
-            source = None if cache_path is None else (cache_path, offset)
-            dst.append_run(block, origin, last_seq, last_ts, source)
+            dst.append_run(block, origin, last_seq, last_ts)
             next_seq = last_seq + 1
             moved += count
         elif not take(block.splitlines(keepends=True)):
