@@ -11,6 +11,7 @@ import collections
 import json
 import os
 import subprocess
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -159,3 +160,24 @@ def assert_converged(pair: Pair, acked: Iterable[str] = ()) -> None:
     result = a.verify()
     assert result.in_sync, result
     assert b.verify().in_sync
+
+
+WRITER = Path(__file__).with_name("writer_proc.py")
+
+
+def spawn(
+    pair: Pair, node: str, count: int, *, failpoint: str = "", prefix: str = "w"
+) -> subprocess.Popen[str]:
+    """A writer process (``writer_proc.py``) on ``node``: it prints each acknowledged id.
+    ``failpoint`` arms ``TWINLOG_FAILPOINTS`` for it (and only it)."""
+    env = dict(os.environ)
+    env.pop("TWINLOG_FAILPOINTS", None)
+    if failpoint:
+        env["TWINLOG_FAILPOINTS"] = failpoint
+    return subprocess.Popen(
+        [sys.executable, os.fspath(WRITER), json.dumps(pair.config_dict(node)), str(count), prefix],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )

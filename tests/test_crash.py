@@ -9,30 +9,11 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
-from pairlib import Pair, assert_converged, log_ids
+from pairlib import WRITER, Pair, assert_converged, log_ids, spawn
 from twinlog._failpoints import POINTS
-
-WRITER = Path(__file__).with_name("writer_proc.py")
-
-
-def spawn(
-    pair: Pair, node: str, count: int, *, failpoint: str = "", prefix: str = "w"
-) -> subprocess.Popen[str]:
-    env = dict(os.environ)
-    env.pop("TWINLOG_FAILPOINTS", None)
-    if failpoint:
-        env["TWINLOG_FAILPOINTS"] = failpoint
-    return subprocess.Popen(
-        [sys.executable, os.fspath(WRITER), json.dumps(pair.config_dict(node)), str(count), prefix],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
 
 
 def finish(proc: subprocess.Popen[str]) -> tuple[int, list[str]]:

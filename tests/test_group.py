@@ -9,34 +9,16 @@ import pickle
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from pairlib import Pair, assert_converged, log_ids
+from pairlib import Pair, assert_converged, log_ids, spawn
 from twinlog import Config, TwinLog
 from twinlog._group import Leadership, follow
 from twinlog.entry import encode_entry
-
-WRITER = Path(__file__).with_name("writer_proc.py")
-
-
-def spawn(
-    pair: Pair, node: str, count: int, prefix: str, failpoint: str = ""
-) -> subprocess.Popen[str]:
-    env = {k: v for k, v in os.environ.items() if k != "TWINLOG_FAILPOINTS"}
-    if failpoint:
-        env["TWINLOG_FAILPOINTS"] = failpoint
-    return subprocess.Popen(
-        [sys.executable, os.fspath(WRITER), json.dumps(pair.config_dict(node)), str(count), prefix],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
 
 
 def run_all(procs: list[subprocess.Popen[str]]) -> tuple[list[str], list[dict[str, int]], int]:
@@ -61,7 +43,7 @@ def run_all(procs: list[subprocess.Popen[str]]) -> tuple[list[str], list[dict[st
 def test_writer_processes_commit_in_groups_exactly_once(pair: Pair, peer_up: bool) -> None:
     if not peer_up:
         pair.cut("a")
-    procs = [spawn(pair, "a", 80, f"p{i}") for i in range(6)]
+    procs = [spawn(pair, "a", 80, prefix=f"p{i}") for i in range(6)]
     acked, stats, killed = run_all(procs)
     assert killed == 0
     assert len(acked) == len(set(acked)) == 480
@@ -85,7 +67,8 @@ def test_leader_killed_mid_group(pair: Pair, point: str) -> None:
     killed = 0
     for _ in range(5):
         procs = [
-            spawn(pair, "a", 60, f"p{i}", failpoint=f"{point}@2" if i < 2 else "") for i in range(6)
+            spawn(pair, "a", 60, prefix=f"p{i}", failpoint=f"{point}@2" if i < 2 else "")
+            for i in range(6)
         ]
         more, more_stats, more_killed = run_all(procs)
         acked += more
