@@ -114,9 +114,7 @@ class Leadership:
         while True:
             try:
                 conn, _ = self._sock.accept()
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError:
+            except OSError:  # nobody waiting (EAGAIN), or the socket failed
                 break
             if not _same_user(conn):
                 conn.close()

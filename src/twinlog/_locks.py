@@ -60,6 +60,17 @@ def _same_file(fd: int, dir_fd: int) -> bool:
     return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
+def _try_lockf(fd: int) -> bool:
+    """Take the exclusive POSIX lock on ``fd`` if it is free; False if it is held."""
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno not in (errno.EAGAIN, errno.EACCES):
+            raise
+        return False
+    return True
+
+
 class PosixLock:
     """Exclusive lock on ``<dir>/twinlog.lock`` that excludes other hosts, processes and threads.
 
@@ -109,13 +120,9 @@ class PosixLock:
             delay = 0.0002
             last_beat = time.monotonic()
             while True:
-                try:
-                    fcntl.lockf(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                if _try_lockf(self._fd):
                     self._held = True
                     return
-                except OSError as exc:
-                    if exc.errno not in (errno.EAGAIN, errno.EACCES):
-                        raise
                 now = time.monotonic()
                 if on_wait is not None and now - last_beat >= 0.2:
                     on_wait()
@@ -140,13 +147,9 @@ class PosixLock:
         dead server the test hangs too, the heartbeats stop, and the parent kills us."""
         self._mutex.acquire()
         try:
-            try:
-                fcntl.lockf(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if _try_lockf(self._fd):
                 self._held = True
                 return
-            except OSError as exc:
-                if exc.errno not in (errno.EAGAIN, errno.EACCES):
-                    raise
             outcome: list[BaseException | None] = []
 
             def wait() -> None:
