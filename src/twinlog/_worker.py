@@ -35,6 +35,7 @@ __all__ = ["RemoteDir", "serve"]
 _HEADER = struct.Struct("!I")
 _STARTUP_TIMEOUT = 30.0
 _MAX_FRAME = 1 << 30
+_SMALL_READ = 1 << 16  # below glibc's mmap threshold: a cheap buffer for the usual reply
 _instances: weakref.WeakSet[RemoteDir] = weakref.WeakSet()
 
 
@@ -306,6 +307,7 @@ class _Channel:
 
     def recv(self, deadline: float) -> bytes:
         buf = self._buf
+        want = _SMALL_READ
         while True:
             if len(buf) >= _HEADER.size:
                 (size,) = _HEADER.unpack_from(buf)
@@ -316,11 +318,14 @@ class _Channel:
                     frame = bytes(buf[_HEADER.size : end])
                     del buf[:end]
                     return frame
+                # A big frame (a drain's block) is read in big pieces; a reply of a few
+                # bytes must not cost a megabyte's allocation (an mmap and munmap per read).
+                want = min(max(end - len(buf), _SMALL_READ), 1 << 20)
             if not buf:
                 # Nothing arrived yet: the worker is still working, so wait before reading.
                 self._wait_readable(deadline)
             try:
-                data = os.read(self.read_fd, 1 << 20)
+                data = os.read(self.read_fd, want)
             except BlockingIOError:
                 self._wait_readable(deadline)
                 continue
