@@ -27,6 +27,7 @@ namespace: processes in different namespaces simply commit alone (correct, only 
 
 from __future__ import annotations
 
+import _socket
 import contextlib
 import os
 import pickle
@@ -93,29 +94,33 @@ class Follower:
 class Leadership:
     """The bound, listening socket: while a process holds it, it commits for the others."""
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: _socket.socket) -> None:
         self._sock = sock
         self._waiting: list[socket.socket] = []  # connected, request not read yet
 
     @classmethod
     def try_take(cls, name: bytes) -> Leadership | None:
-        sock = _new_socket()
+        # Every commit binds and closes one of these: the bare _socket type (no Python-level
+        # wrapper) and SOCK_NONBLOCK at creation keep that to four system calls.
+        sock = _socket.socket(
+            socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK
+        )
         try:
             sock.bind(name)
         except OSError:
             sock.close()
             return None  # EADDRINUSE: another process leads
         sock.listen(256)
-        sock.setblocking(False)
         return cls(sock)
 
     def collect(self) -> list[Follower]:
         """The followers whose requests have arrived (never waits)."""
         while True:
             try:
-                conn, _ = self._sock.accept()
+                fd, _ = self._sock._accept()  # type: ignore[attr-defined]
             except OSError:  # nobody waiting (EAGAIN), or the socket failed
                 break
+            conn = socket.socket(fileno=fd)
             if not _same_user(conn):
                 conn.close()
                 continue
