@@ -13,7 +13,7 @@ import pytest
 
 from pairlib import Pair
 from twinlog import LockTimeoutError
-from twinlog._locks import PosixLock
+from twinlog._locks import OfdLock, PosixLock
 
 _TRY_LOCK = """
 import fcntl, os, sys
@@ -149,3 +149,53 @@ def test_twinlog_holds_ofd_lock_locally_and_posix_through_the_mount(pair: Pair) 
     assert len(seen["a"]) == 1 and "OFDLCK" in seen["a"][0]
     assert len(seen["b"]) == 1 and "POSIX" in seen["b"][0]
     assert not any("FLOCK" in line for lines in seen.values() for line in lines)
+
+
+def test_ofd_lock_reuses_its_description_but_still_excludes(tmp_path: Path) -> None:
+    """A released OfdLock keeps its description for the next acquire (unlocked, not closed):
+    it must still exclude another instance and another process, and be free after release."""
+    fd = dir_fd(tmp_path)
+    first = OfdLock(fd, create=True)
+    second = OfdLock(fd, create=False)
+    for _ in range(3):
+        first.acquire(1.0)
+        assert try_lock_elsewhere(tmp_path / "twinlog.lock") == "BLOCKED"
+        with pytest.raises(LockTimeoutError):
+            second.acquire(0.1)
+        first.release()
+        assert not locks_on(tmp_path / "twinlog.lock")
+        second.acquire(1.0)
+        with pytest.raises(LockTimeoutError):
+            first.acquire(0.1)
+        second.release()
+    first.close()
+    second.close()
+
+
+def test_ofd_lock_kept_description_is_not_shared_with_a_forked_child(tmp_path: Path) -> None:
+    """After a fork the child must not lock through the parent's kept description: the two
+    would count as one holder and both get the lock."""
+    lock = OfdLock(dir_fd(tmp_path), create=True)
+    lock.acquire(1.0)
+    lock.release()  # the description is now kept as the spare
+    ready_r, ready_w = os.pipe()
+    done_r, done_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            lock.acquire(1.0)
+            os.write(ready_w, b"1")
+            os.read(done_r, 1)
+            lock.release()
+        finally:
+            os._exit(0)
+    try:
+        assert os.read(ready_r, 1) == b"1"
+        with pytest.raises(LockTimeoutError):
+            lock.acquire(0.2)
+    finally:
+        os.write(done_w, b"1")
+        os.waitpid(pid, 0)
+    lock.acquire(1.0)
+    lock.release()
+    lock.close()

@@ -194,14 +194,19 @@ def _ofd(fd: int, command: int, kind: int) -> None:
 class OfdLock:
     """Exclusive OFD lock on ``<dir>/twinlog.lock``, waited for in the kernel with a timeout.
 
-    Each acquisition opens its own descriptor, so two threads (or two instances) in one process
-    exclude each other like two processes do. A wait longer than the timeout is abandoned: the
-    waiting thread keeps waiting in the kernel and, if it ever gets the lock, drops it at once.
+    Each holder has its own open file description, so two instances (or two threads with one
+    instance each) in one process exclude each other like two processes do. The description of
+    the last release is kept for the next acquisition (an unlock instead of a close, and no
+    open), but never across a fork: a child sharing it would count as its holder. A wait longer
+    than the timeout is abandoned: the waiting thread keeps waiting in the kernel and, if it
+    ever gets the lock, drops it at once.
     """
 
     def __init__(self, dir_fd: int, *, create: bool) -> None:
         self._dir_fd = dir_fd
         self._fd: int | None = None
+        self._spare: int | None = None  # unlocked, ours: the next acquire() tries it first
+        self._pid = os.getpid()
         if create:
             # A reader without write access never locks (acquire() would say so).
             with contextlib.suppress(PermissionError):
@@ -213,7 +218,13 @@ class OfdLock:
         return self._fd is not None
 
     def acquire(self, timeout: float | None) -> None:
-        fd = os.open(LOCK_FILE, os.O_RDWR | os.O_CLOEXEC, dir_fd=self._dir_fd)
+        fd, self._spare = self._spare, None
+        if fd is not None and self._pid != os.getpid():
+            os.close(fd)  # the parent's description: the parent may lock through it
+            fd = None
+        self._pid = os.getpid()
+        if fd is None:
+            fd = os.open(LOCK_FILE, os.O_RDWR | os.O_CLOEXEC, dir_fd=self._dir_fd)
         try:
             _ofd(fd, fcntl.F_OFD_SETLK, fcntl.F_WRLCK)
         except OSError as exc:
@@ -227,8 +238,24 @@ class OfdLock:
 
     def release(self) -> None:
         fd, self._fd = self._fd, None
-        if fd is not None:
+        if fd is None:
+            return
+        try:
+            _ofd(fd, fcntl.F_OFD_SETLK, fcntl.F_UNLCK)
+        except OSError:
             os.close(fd)  # closing the description drops its OFD lock
+            return
+        if self._spare is None and self._pid == os.getpid():
+            self._spare = fd
+        else:
+            os.close(fd)
+
+    def close(self) -> None:
+        """Release, and close the kept description."""
+        self.release()
+        fd, self._spare = self._spare, None
+        if fd is not None:
+            os.close(fd)
 
 
 def _wait_in_thread(fd: int, timeout: float | None) -> int:
