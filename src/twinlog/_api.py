@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from twinlog import _failpoints
-from twinlog._fileops import LOG_FILE, MARKER_FILE, DirOps
+from twinlog._fileops import CACHE_FILE, LOG_FILE, MARKER_FILE, DirOps
 from twinlog._group import Follower, Leadership, follow, socket_name
 from twinlog._peer import RemoteOps
 from twinlog._read import (
@@ -99,7 +99,9 @@ class TwinLog:
         self._mutex = threading.Lock()
         self._queue_guard = threading.Lock()
         self._queue: list[_Pending] = []
-        self._local_ops = DirOps(os.fspath(config.log_dir), lock_kind="ofd")
+        self._local_ops = DirOps(
+            os.fspath(config.log_dir), lock_kind="ofd", keep_open=frozenset({LOG_FILE, CACHE_FILE})
+        )
         self._init_local_dir()
         self._local = LogStore(self._local_ops, config.node, fsync=config.fsync)
         self._stuck = StuckRegistry(config.log_dir)
@@ -333,6 +335,8 @@ class TwinLog:
             self._backoff_until = time.monotonic() + cfg.probe_timeout + cfg.io_timeout
         elif result.peer_reachable:
             self._backoff_until = 0.0
+            # The cache is drained (and unlinked, maybe by the peer): don't hold its file open.
+            self._local_ops.forget(CACHE_FILE)
         for follower in followers:
             # What we learnt about the peer goes with the answer: a follower that leads next
             # does not knock on a peer that just timed out (and reports the right reason).

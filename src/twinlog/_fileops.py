@@ -33,12 +33,20 @@ class IdentityError(Exception):
 class DirOps:
     """Operations on one twinlog directory. Methods are called by name through :meth:`call`."""
 
-    def __init__(self, path: str, *, lock_kind: str = "posix") -> None:
+    def __init__(
+        self, path: str, *, lock_kind: str = "posix", keep_open: frozenset[str] = frozenset()
+    ) -> None:
         self.path = path
         self._lock_kind = lock_kind
         self._dir_fd: int | None = None
         self._lock: PosixLock | OfdLock | None = None
         self._create_lock_file = False
+        # Files in ``keep_open`` stay open between appends (our own directory: one stat per
+        # append instead of open, fstat and close). Never for a directory on NFS, whose
+        # client checks a file's cached attributes at open (close-to-open consistency).
+        self._keep_open = keep_open
+        self._open_files: dict[str, tuple[int, int, int]] = {}  # name: (fd, st_dev, st_ino)
+        self._pid = os.getpid()
 
     # -- directory identity -------------------------------------------------------------
     def open_dir(
@@ -98,10 +106,15 @@ class DirOps:
 
     def close(self) -> None:
         """Forget the directory (after its mount went away, closing may fail: never mind)."""
-        if self._lock is not None and self._lock.held:
+        if isinstance(self._lock, OfdLock):
+            with contextlib.suppress(OSError):
+                self._lock.close()
+        elif self._lock is not None and self._lock.held:
             with contextlib.suppress(OSError):
                 self._lock.release()
         self._lock = None
+        for name in list(self._open_files):
+            self.forget(name)
         if self._dir_fd is not None:
             with contextlib.suppress(OSError):
                 os.close(self._dir_fd)
@@ -178,12 +191,18 @@ class DirOps:
         its size before the call (best effort), so a failed append leaves no partial line, and
         the error is raised: errors at write, fsync or close all mean "not durable".
         """
-        with self._appending(name) as fd:
+        fd, start = self._open_append(name)
+        try:
             for chunk in chunks:
                 _write_all(fd, chunk)
             if fsync:
                 os.fsync(fd)
-            return os.fstat(fd).st_size
+            size = os.fstat(fd).st_size
+        except BaseException:
+            self._abort_append(name, fd, start)
+            raise
+        self._end_append(name, fd)
+        return size
 
     def append_counted_from(  # noqa: PLR0917 - one flat call over the worker's pipe
         self, name: str, src_path: str, offset: int, length: int, lines: int, fsync: bool
@@ -221,10 +240,33 @@ class DirOps:
 
     @contextlib.contextmanager
     def _appending(self, name: str) -> Iterator[int]:
-        """An ``O_APPEND`` descriptor of ``name``. On any failure in the block the file is cut
-        back to its size before (best effort), so a failed append leaves no partial line, and
-        the error is raised; then it is closed (a failing close raises too: NFS reports delayed
-        write errors there, and the caller retries)."""
+        """An ``O_APPEND`` descriptor of ``name`` for the block: see :meth:`_open_append` and
+        :meth:`_abort_append` (what a failure in the block does), then :meth:`_end_append`."""
+        fd, start = self._open_append(name)
+        try:
+            yield fd
+        except BaseException:
+            self._abort_append(name, fd, start)
+            raise
+        self._end_append(name, fd)
+
+    def _open_append(self, name: str) -> tuple[int, int]:
+        """An ``O_APPEND`` descriptor of ``name`` and the file's size now: the one kept open if
+        the name still leads to its file (a rotation renames the log, a drain unlinks the
+        cache), else a new one."""
+        if self._pid != os.getpid():  # a forked child opens its own
+            self._open_files.clear()
+            self._pid = os.getpid()
+        kept = self._open_files.get(name)
+        if kept is not None:
+            fd, dev, ino = kept
+            try:
+                st = os.stat(name, dir_fd=self.dir_fd)
+            except FileNotFoundError:
+                st = None
+            if st is not None and st.st_ino == ino and st.st_dev == dev:
+                return fd, st.st_size
+            self.forget(name)
         flags = os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC
         try:
             # Without O_CREAT when the file exists: creating takes the directory's lock
@@ -233,16 +275,35 @@ class DirOps:
             fd = os.open(name, flags, dir_fd=self.dir_fd)
         except FileNotFoundError:
             fd = os.open(name, flags | os.O_CREAT, 0o640, dir_fd=self.dir_fd)
-        start = os.fstat(fd).st_size
-        try:
-            yield fd
-        except BaseException:
+        st = os.fstat(fd)
+        if name in self._keep_open:
+            self._open_files[name] = (fd, st.st_dev, st.st_ino)
+        return fd, st.st_size
+
+    def _abort_append(self, name: str, fd: int, start: int) -> None:
+        """Cut the file back to ``start`` (best effort) and close the descriptor."""
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, start)
+        kept = self._open_files.get(name)
+        if kept is not None and kept[0] == fd:
+            del self._open_files[name]
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+    def _end_append(self, name: str, fd: int) -> None:
+        """Close the descriptor unless it is kept open. A failing close raises (NFS reports
+        delayed write errors there, and the caller retries)."""
+        kept = self._open_files.get(name)
+        if kept is None or kept[0] != fd:
+            os.close(fd)
+
+    def forget(self, name: str) -> None:
+        """Close the descriptor kept open for ``name``, if any (its file may have been
+        unlinked by the peer: its space is freed once nobody holds it open)."""
+        kept = self._open_files.pop(name, None)
+        if kept is not None:
             with contextlib.suppress(OSError):
-                os.ftruncate(fd, start)
-            with contextlib.suppress(OSError):
-                os.close(fd)
-            raise
-        os.close(fd)
+                os.close(kept[0])
 
     def repair_tail(self, name: str) -> int:
         """Cut a torn last line (no newline: a writer died mid-append) off ``name``.
@@ -286,6 +347,7 @@ class DirOps:
             os.close(fd)
 
     def unlink(self, name: str) -> bool:
+        self.forget(name)
         try:
             os.unlink(name, dir_fd=self.dir_fd)
         except FileNotFoundError:
@@ -307,6 +369,7 @@ class DirOps:
         os.rename(tmp, name, src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd)
 
     def rename(self, src: str, dst: str) -> None:
+        self.forget(src)
         os.rename(src, dst, src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd)
 
     def listdir(self) -> list[str]:

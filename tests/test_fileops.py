@@ -1,0 +1,91 @@
+"""DirOps keeps our own log and cache open between appends, and never appends to a stale file."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from twinlog._fileops import DirOps
+
+
+@pytest.fixture
+def ops(tmp_path: Path) -> DirOps:
+    (tmp_path / "twinlog.node").write_text("a\n")
+    ops = DirOps(os.fspath(tmp_path), keep_open=frozenset({"f"}))
+    assert ops.open_dir("a", None, True) == "ok"
+    return ops
+
+
+def test_kept_file_follows_the_name_across_rename_and_unlink(ops: DirOps, tmp_path: Path) -> None:
+    assert ops.append("f", [b"1\n"], True) == 2
+    assert ops.append("f", [b"2\n"], True) == 4
+    os.rename(tmp_path / "f", tmp_path / "f.1")  # a rotation by another process
+    assert ops.append("f", [b"3\n"], True) == 2
+    assert (tmp_path / "f.1").read_bytes() == b"1\n2\n"
+    os.unlink(tmp_path / "f")  # a drain by the peer
+    assert ops.append("f", [b"4\n"], True) == 2
+    assert (tmp_path / "f").read_bytes() == b"4\n"
+    (tmp_path / "f").unlink()
+    (tmp_path / "f").write_bytes(b"other\n")  # a new file by that name: a new inode
+    assert ops.append("f", [b"5\n"], True) == 8
+    assert (tmp_path / "f").read_bytes() == b"other\n5\n"
+    ops.close()
+
+
+def test_only_named_files_stay_open_and_close_lets_go(ops: DirOps, tmp_path: Path) -> None:
+    def open_names() -> set[str]:
+        names = set()
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                names.add(os.readlink(f"/proc/self/fd/{fd}"))
+            except OSError:
+                continue
+        return names
+
+    ops.append("f", [b"x\n"], True)
+    ops.append("g", [b"y\n"], True)
+    assert os.fspath(tmp_path / "f") in open_names()
+    assert os.fspath(tmp_path / "g") not in open_names()
+    ops.unlink("f")
+    assert not any(name.startswith(os.fspath(tmp_path / "f")) for name in open_names())
+    ops.append("f", [b"x\n"], True)
+    ops.close()
+    assert os.fspath(tmp_path / "f") not in open_names()
+
+
+def test_failed_append_to_a_kept_file_cuts_back_and_reopens(
+    ops: DirOps, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ops.append("f", [b"1\n"], True)
+    real_fsync = os.fsync
+
+    def failing(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", failing)
+    with pytest.raises(OSError):
+        ops.append("f", [b"2\n"], True)
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    assert (tmp_path / "f").read_bytes() == b"1\n"
+    assert ops.append("f", [b"3\n"], True) == 4
+    assert (tmp_path / "f").read_bytes() == b"1\n3\n"
+    ops.close()
+
+
+def test_forked_child_appends_through_its_own_descriptor(ops: DirOps, tmp_path: Path) -> None:
+    ops.append("f", [b"parent\n"], True)
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        code = 1
+        try:
+            ops.append("f", [b"child\n"], True)
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    ops.append("f", [b"parent again\n"], True)
+    assert (tmp_path / "f").read_bytes() == b"parent\nchild\nparent again\n"
+    ops.close()
