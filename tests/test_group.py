@@ -255,10 +255,42 @@ def test_group_commit_can_be_turned_off(pair: Pair) -> None:
     config = Config.from_mapping({**pair.config_dict("a"), "group_commit": False})
     with TwinLog(config) as log:
         log.write("alone")
-        assert log.group_stats["led"] == 0
+        assert log.group_stats["led"] == log.group_stats["uncontended"] == 0
     with TwinLog(pair.config("a")) as log:
         log.write("grouped")
-        assert log.group_stats["led"] == 1
+        assert log.group_stats["led"] + log.group_stats["uncontended"] == 1
+
+
+def test_a_free_lock_skips_the_election_a_busy_one_does_not(pair: Pair) -> None:
+    """With nobody committing, a writer takes the lock at once and commits alone. With the
+    lock busy it goes through the election (and so groups with whoever waits)."""
+    a = pair.twin("a")
+    a.write("free")
+    assert a.group_stats == {**a.group_stats, "uncontended": 1, "led": 0}
+    other = pair.twin("a")
+    other._local_ops.lock(1.0)
+    done: list[str] = []
+    t = threading.Thread(target=lambda: done.append(a.write("busy").id))
+    t.start()
+    time.sleep(0.2)
+    assert not done, "wrote while another instance held the lock"
+    other._local_ops.unlock()
+    t.join(5)
+    assert done == ["a:2"]
+    assert a.group_stats["uncontended"] == 1 and a.group_stats["led"] == 1
+    assert log_ids(pair.log_dir("a")) == log_ids(pair.log_dir("b")) == ["a:1", "a:2"]
+
+
+def test_the_node_whose_peer_locks_first_always_elects_while_the_peer_is_up(pair: Pair) -> None:
+    """Node b takes a's lock (through the mount) before its own: it must not hold its own lock
+    while waiting for a's, so it never takes the uncontended path with the peer reachable; with
+    the peer away it may."""
+    b = pair.twin("b")
+    b.write("peer up")
+    assert b.group_stats["uncontended"] == 0 and b.group_stats["led"] == 1
+    pair.cut("b")
+    b.write("peer away")
+    assert b.group_stats["uncontended"] == 1 and b.last_reason == "not_mounted"
 
 
 def test_a_follower_learns_the_leaders_view_of_the_peer(pair: Pair) -> None:
@@ -269,12 +301,16 @@ def test_a_follower_learns_the_leaders_view_of_the_peer(pair: Pair) -> None:
     assert leader._group_name is not None
     lead = Leadership.try_take(leader._group_name)
     assert lead is not None
+    # The lock is busy (as while a leader waits for it), so the writer follows, not commits alone.
+    holder = pair.twin("a")
+    holder._local_ops.lock(1.0)
     done: list[str] = []
     t = threading.Thread(target=lambda: done.append(follower.write("via the leader").id))
     t.start()
     deadline = time.monotonic() + 5
     while not lead.pending() and time.monotonic() < deadline:
         time.sleep(0.01)
+    holder._local_ops.unlock()
     with leader._mutex:
         leader._backoff_until = time.monotonic() + 60  # as after a timeout...
         leader._commit([], lead=lead)  # ...but the reason this time is the missing mount

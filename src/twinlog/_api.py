@@ -36,6 +36,7 @@ __all__ = ["ReconcileResult", "TwinLog"]
 
 _MOUNTS = MountTable()
 _EXTRA_ROUNDS = 1  # group commits a leader runs for others after its own
+_CONTENDED_HOLD = 1.0  # seconds a process elects (no uncontended commits) after company
 _instances: weakref.WeakSet[TwinLog] = weakref.WeakSet()
 
 
@@ -113,8 +114,15 @@ class TwinLog:
         # (worker spawn count, mount table generation) of the last identity check that passed:
         # while neither changes, the worker's open directory is still the checked peer's.
         self._checked: tuple[int, int] | None = None
+        self._contended_until = 0.0  # see _commit_uncontended
         self._group_name = socket_name(os.fspath(config.log_dir)) if config.group_commit else None
-        self.group_stats = {"led": 0, "followed": 0, "followers_served": 0, "orphans": 0}
+        self.group_stats = {
+            "uncontended": 0,
+            "led": 0,
+            "followed": 0,
+            "followers_served": 0,
+            "orphans": 0,
+        }
         _instances.add(self)
 
     def _init_local_dir(self) -> None:
@@ -187,6 +195,8 @@ class TwinLog:
         if name is None:
             self._commit(batch)
             return
+        if self._commit_uncontended(batch):
+            return
         give_up = time.monotonic() + self.config.lock_timeout
         items = [(p.msg, p.fields_json) for p in batch]
         while True:
@@ -199,6 +209,7 @@ class TwinLog:
                     lead.close()
                 return
             outcome = follow(name, items, max(0.0, give_up - time.monotonic()))
+            self._contended_until = time.monotonic() + _CONTENDED_HOLD
             if outcome.kind == "retry":
                 if time.monotonic() < give_up:
                     time.sleep(0.0005)  # the leader is binding or leaving: try again
@@ -228,6 +239,29 @@ class TwinLog:
                     p.error = error
             return
 
+    def _commit_uncontended(self, batch: list[_Pending]) -> bool:
+        """Commit ``batch`` alone if the node's lock is free right now: nobody is committing or
+        waiting to (a leader waiting for the lock holds the election socket, so another process
+        that finds the lock busy joins it). Skips the election when there is nobody to group
+        with. After any sign of company (the lock was busy, we followed, we led others) this
+        process elects for a while: writers that just got their answers would otherwise race
+        for the free lock one by one instead of grouping. Not when the peer's lock comes first
+        in the lock order and the peer will be locked: holding ours while waiting for the
+        peer's could deadlock with the peer's writer.
+        """
+        cfg = self.config
+        if time.monotonic() < self._contended_until:
+            return False
+        reason = self._precheck() or self._backoff_reason()
+        if reason is None and cfg.peer < cfg.node:
+            return False
+        if not self._local_ops.try_lock():
+            self._contended_until = time.monotonic() + _CONTENDED_HOLD
+            return False
+        self.group_stats["uncontended"] += 1
+        self._commit(batch, locked=True, reason=reason)
+        return True
+
     def _learn(self, peer: tuple[str, float] | None) -> None:
         """Take over the leader's view of the peer: its last reason and its back-off."""
         if peer is None:
@@ -243,7 +277,10 @@ class TwinLog:
         """Commit our batch, then once more for whoever queued meanwhile (followers, and threads
         of this process). Then leave: our own write() is not held hostage by a steady stream of
         others; those still waiting see us go and elect the next leader among themselves."""
+        served = self.group_stats["followers_served"]
         self._commit(batch, lead=lead)
+        if self.group_stats["followers_served"] != served:
+            self._contended_until = time.monotonic() + _CONTENDED_HOLD
         for _ in range(_EXTRA_ROUNDS):
             if not (lead.pending() or self._queue):
                 break
@@ -265,8 +302,17 @@ class TwinLog:
             return self._commit([], rotate=True)
 
     def _commit(
-        self, batch: list[_Pending], *, rotate: bool = False, lead: Leadership | None = None
+        self,
+        batch: list[_Pending],
+        *,
+        rotate: bool = False,
+        lead: Leadership | None = None,
+        locked: bool = False,
+        reason: str | None = None,
     ) -> ReconcileResult:
+        """One commit under both locks (ours only if the peer is unreachable). ``locked``: the
+        caller already holds our lock, and ``reason`` is why the peer is not to be reached
+        (None: try it), decided before the lock was taken; they go together."""
         cfg = self.config
         followers: list[Follower] = []  # other processes' requests this commit takes
         peer = self._peer
@@ -274,17 +320,20 @@ class TwinLog:
         # A write does not knock on a peer that just timed out (its callers would each wait out
         # the timeout, holding our lock, and our peer's writers with them); reconcile does.
         writing = bool(batch) or lead is not None
-        reason = self._precheck() or (self._backoff_reason() if writing else None)
+        if not locked:
+            reason = self._precheck() or (self._backoff_reason() if writing else None)
         peer_ok = reason is None
-        held_local = held_peer = False
+        held_local = locked
+        held_peer = False
         peer_tail: tuple[int, int, bytes] | None = None
         peer_has_cache = False
         try:
             # One global lock order (by node name) so two nodes writing at once never deadlock.
             for side in sorted((cfg.node, cfg.peer)):
                 if side == cfg.node:
-                    self._lock_local()
-                    held_local = True
+                    if not held_local:
+                        self._lock_local()
+                        held_local = True
                 elif peer_ok:
                     try:
                         peer_tail, peer_has_cache = self._connect_and_look()

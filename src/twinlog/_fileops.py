@@ -138,14 +138,30 @@ class DirOps:
     def lock(self, timeout: float | None, on_wait: Callable[[], None] | None = None) -> None:
         """Take the directory's lock. ``on_wait`` (POSIX kind only) is called now and then while
         the lock is busy, after an attempt the file system answered."""
+        lock = self._the_lock()
+        if isinstance(lock, PosixLock):
+            lock.acquire(timeout, on_wait=on_wait)
+        else:
+            lock.acquire(timeout)
+
+    def _the_lock(self) -> PosixLock | OfdLock:
         if self._lock is None:
             # Made on first use: a reader that never locks needs no write access.
             kind = OfdLock if self._lock_kind == "ofd" else PosixLock
             self._lock = kind(self.dir_fd, create=self._create_lock_file)
-        if isinstance(self._lock, PosixLock):
-            self._lock.acquire(timeout, on_wait=on_wait)
-        else:
-            self._lock.acquire(timeout)
+        return self._lock
+
+    def try_lock(self) -> bool:
+        """Take the directory's lock if it is free now (OFD kind: our own directory); False
+        when it is busy or cannot be taken at all (``lock()`` then says why)."""
+        if self._lock_kind != "ofd":
+            return False
+        try:
+            lock = self._the_lock()
+            assert isinstance(lock, OfdLock)
+            return lock.try_acquire()
+        except OSError:
+            return False
 
     def unlock(self) -> None:
         if self._lock is not None:

@@ -217,7 +217,18 @@ class OfdLock:
     def held(self) -> bool:
         return self._fd is not None
 
-    def acquire(self, timeout: float | None) -> None:
+    def try_acquire(self) -> bool:
+        """Take the lock if it is free now (never waits)."""
+        fd = self._take_description()
+        try:
+            _ofd(fd, fcntl.F_OFD_SETLK, fcntl.F_WRLCK)
+        except OSError:
+            self._spare = fd
+            return False
+        self._fd = fd
+        return True
+
+    def _take_description(self) -> int:
         fd, self._spare = self._spare, None
         if fd is not None and self._pid != os.getpid():
             os.close(fd)  # the parent's description: the parent may lock through it
@@ -225,6 +236,10 @@ class OfdLock:
         self._pid = os.getpid()
         if fd is None:
             fd = os.open(LOCK_FILE, os.O_RDWR | os.O_CLOEXEC, dir_fd=self._dir_fd)
+        return fd
+
+    def acquire(self, timeout: float | None) -> None:
+        fd = self._take_description()
         try:
             _ofd(fd, fcntl.F_OFD_SETLK, fcntl.F_WRLCK)
         except OSError as exc:
