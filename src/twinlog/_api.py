@@ -486,11 +486,13 @@ class TwinLog:
         stamps = iter(self._clock.next_after(state.max_ts or None, total) if total else ())
         next_seq = state.hwm.get(cfg.node, 0) + 1
         lines: list[bytes] = []
+        last_ts = ""  # of the last line in ``lines``
         own: list[tuple[_Pending, int, str]] = []
         for pending in fresh:
-            own.append((pending, next_seq, next(stamps)))
+            last_ts = next(stamps)
+            own.append((pending, next_seq, last_ts))
             lines.append(
-                encode_entry(cfg.node, next_seq, own[-1][2], pending.msg, pending.fields_json)
+                encode_entry(cfg.node, next_seq, last_ts, pending.msg, pending.fields_json)
             )
             next_seq += 1
         taken: list[Follower] = []
@@ -502,6 +504,7 @@ class TwinLog:
                 continue
             taken.append(follower)
             next_seq += len(assigned)
+            last_ts = assigned[-1][1] if assigned else last_ts
             lines += [
                 encode_entry(cfg.node, seq, ts, msg, fields_json)
                 for (msg, fields_json), (seq, ts) in zip(follower.items, assigned, strict=True)
@@ -512,8 +515,9 @@ class TwinLog:
             _failpoints.hit("after_assign")
         released = False
         if lines:
+            mark = (cfg.node, next_seq - 1, last_ts)
             try:
-                self._local.append_lines(lines, one_write_per_line=True)
+                self._local.append_lines(lines, one_write_per_line=True, mark=mark)
             except OSError as exc:
                 raise StorageError(
                     exc.errno, f"cannot append to the local log {cfg.log_dir}: {exc.strerror}"
@@ -527,7 +531,9 @@ class TwinLog:
                     sum(map(len, lines))
                 )
                 try:
-                    self._peer.append_lines(lines, one_write_per_line=True, release=release)
+                    self._peer.append_lines(
+                        lines, one_write_per_line=True, release=release, mark=mark
+                    )
                     released = release
                     if _failpoints.ACTIVE:
                         _failpoints.hit("after_peer_append")

@@ -208,12 +208,13 @@ class DirOps:
         the error is raised: errors at write, fsync or close all mean "not durable".
         """
         fd, start = self._open_append(name)
+        size = start
         try:
             for chunk in chunks:
                 _write_all(fd, chunk)
+                size += len(chunk)  # at the end of the file: O_APPEND, and we hold the lock
             if fsync:
                 os.fsync(fd)
-            size = os.fstat(fd).st_size
         except BaseException:
             self._abort_append(name, fd, start)
             raise

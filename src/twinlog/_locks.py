@@ -187,8 +187,13 @@ class PosixLock:
 _FLOCK = struct.Struct("hhqqi4x")  # struct flock on 64-bit Linux: type, whence, start, len, pid
 
 
+_WHOLE_FILE = {
+    kind: _FLOCK.pack(kind, os.SEEK_SET, 0, 0, 0) for kind in (fcntl.F_WRLCK, fcntl.F_UNLCK)
+}
+
+
 def _ofd(fd: int, command: int, kind: int) -> None:
-    fcntl.fcntl(fd, command, _FLOCK.pack(kind, os.SEEK_SET, 0, 0, 0))
+    fcntl.fcntl(fd, command, _WHOLE_FILE[kind])
 
 
 class OfdLock:

@@ -382,11 +382,14 @@ class LogStore:
         one_write_per_line: bool,
         release: bool = False,
         durable: bool = True,
+        mark: tuple[str, int, str] | None = None,
     ) -> None:
         """Append complete lines to the active log (fsync per config) and account for them.
 
         ``release``: the same round trip also unlocks the directory (peer stores only).
         ``durable=False`` leaves the fsync to a later :meth:`sync` (a drain's many chunks).
+        ``mark``: ``(origin, seq, ts)`` of the last line, when every line is that origin's and
+        in order (the caller just made them): accounted without parsing them back.
         """
         if not lines:
             return
@@ -401,7 +404,13 @@ class LogStore:
         if state.ino is None:
             st = self.ops.stat(LOG_FILE)
             state.ino = st[1] if st else None
-        state.absorb(lines)
+        if mark is None:
+            state.absorb(lines)
+        else:
+            origin, last_seq, last_ts = mark
+            if last_seq > state.hwm.get(origin, 0):
+                state.hwm[origin] = last_seq
+            state.max_ts = max(state.max_ts, last_ts)
         state.tail = (state.tail + b"".join(lines[-2:]))[-_TAIL_BYTES:]
         state.offset = size
 
