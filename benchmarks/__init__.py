@@ -14,6 +14,7 @@ ROW_KEYS = (
     "single.peer_up.p50",
     "single.peer_up.p99",
     "single.peer_up.floor",
+    "single.peer_up.floor2",
     "single.peer_down.p50",
     "single.peer_down.p99",
     "concurrent.one_node.1",

@@ -48,6 +48,7 @@ def _writer(args: dict[str, Any]) -> dict[str, Any]:
 def _timed_writes(log: TwinLog, msg: str, threads: int, start: float, end: float) -> dict[str, Any]:
     counts = [0] * threads
     latencies: list[list[float]] = [[] for _ in range(threads)]
+    group_before = dict(log.group_stats)
 
     def loop(index: int) -> None:
         time.sleep(max(0.0, start - time.monotonic()))
@@ -76,6 +77,8 @@ def _timed_writes(log: TwinLog, msg: str, threads: int, start: float, end: float
         "reason": log.last_reason,
         "spawned": stats["spawned"],
         "killed": stats["killed"],
+        # How this window's commits went: alone, as leader, as follower (see _group.py).
+        "group": {k: v - group_before.get(k, 0) for k, v in log.group_stats.items()},
     }
 
 

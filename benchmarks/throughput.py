@@ -122,6 +122,9 @@ def run_throughput(base: Path, duration: float) -> list[Row]:
     return rows
 
 
+_GROUP_KEYS = ("uncontended", "led", "followed")
+
+
 def _row(where: str, n: int, rate: float, single_rate: float, results: list[dict[str, Any]]) -> Row:
     ratio = rate / single_rate if single_rate else None
     p50s = sorted(r["p50"] for r in results if r["count"])
@@ -129,6 +132,7 @@ def _row(where: str, n: int, rate: float, single_rate: float, results: list[dict
     starved = sum(1 for r in results if not r["count"])
     reasons = sorted({r["reason"] for r in results})
     killed = sum(r["killed"] for r in results)
+    group = {k: sum(r.get("group", {}).get(k, 0) for r in results) for k in _GROUP_KEYS}
     target = ">= 3" if n == max(WRITER_COUNTS) else ""
     where_text = "on node a" if where == "one_node" else "on each node"
     return Row(
@@ -141,6 +145,8 @@ def _row(where: str, n: int, rate: float, single_rate: float, results: list[dict
         met=(ratio is not None and ratio >= 3) if target else None,
         note=(
             f"p50 write() {p50 * 1e3:.2f} ms; last reason {','.join(reasons)}; "
-            f"{killed} peer workers killed so far; {starved} writers wrote nothing"
+            f"{killed} peer workers killed so far; {starved} writers wrote nothing; "
+            f"commits: {group['uncontended']} alone, {group['led']} led, "
+            f"{group['followed']} followed"
         ),
     )
