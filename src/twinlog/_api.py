@@ -199,16 +199,23 @@ class TwinLog:
             return
         give_up = time.monotonic() + self.config.lock_timeout
         items = [(p.msg, p.fields_json) for p in batch]
+        # With company about, someone probably leads already: join before trying to lead
+        # (a connect instead of a bind that fails, for most writers of a busy node).
+        join_first = time.monotonic() < self._contended_until
         while True:
-            lead = Leadership.try_take(name)
-            if lead is not None:
-                self.group_stats["led"] += 1
-                try:
-                    self._lead(lead, batch)
-                finally:
-                    lead.close()
-                return
+            if not join_first:
+                lead = Leadership.try_take(name)
+                if lead is not None:
+                    self.group_stats["led"] += 1
+                    try:
+                        self._lead(lead, batch)
+                    finally:
+                        lead.close()
+                    return
             outcome = follow(name, items, max(0.0, give_up - time.monotonic()))
+            if outcome.kind == "retry" and join_first:
+                join_first = False  # nobody leads: try to
+                continue
             self._contended_until = time.monotonic() + _CONTENDED_HOLD
             if outcome.kind == "retry":
                 if time.monotonic() < give_up:
