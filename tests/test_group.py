@@ -17,7 +17,7 @@ import pytest
 
 from pairlib import Pair, assert_converged, log_ids, spawn
 from twinlog import Config, TwinLog
-from twinlog._group import Leadership, follow
+from twinlog._group import Follower, Leadership, follow
 from twinlog.entry import encode_entry
 
 
@@ -132,7 +132,7 @@ def _leader_thread(
 
     def run() -> None:
         try:
-            followers = []
+            followers: list[Follower] = []
             deadline = time.monotonic() + 5
             while not followers and time.monotonic() < deadline:
                 followers = lead.collect()
@@ -329,7 +329,7 @@ def test_the_answer_carries_the_back_off(name: bytes, pair: Pair) -> None:
 
     def leader() -> None:
         deadline = time.monotonic() + 5
-        followers = []
+        followers: list[Follower] = []
         while not followers and time.monotonic() < deadline:
             followers = lead.collect()
             time.sleep(0.005)

@@ -53,20 +53,22 @@ def socket_name(log_dir: str) -> bytes:
     return f"\0twinlog-gc-{os.geteuid()}-{st.st_dev:x}-{st.st_ino:x}".encode()
 
 
-def _same_user(sock: socket.socket) -> bool:
+def _same_user(sock: _socket.socket) -> bool:
     _pid, uid, _gid = _CRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
     return bool(uid == os.geteuid())
 
 
-def _new_socket() -> socket.socket:
-    return socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+def _new_socket() -> _socket.socket:
+    # The bare _socket type throughout: one of these per write and per follower, and the
+    # Python-level wrapper (socket.socket) costs more than the system calls it makes.
+    return _socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
 
 
 @dataclass
 class Follower:
     """The leader's side of one waiting process."""
 
-    sock: socket.socket
+    sock: _socket.socket
     items: Items
     assigned: Assigned = field(default_factory=list)
 
@@ -96,7 +98,7 @@ class Leadership:
 
     def __init__(self, sock: _socket.socket) -> None:
         self._sock = sock
-        self._waiting: list[socket.socket] = []  # connected, request not read yet
+        self._waiting: list[_socket.socket] = []  # connected, request not read yet
 
     @classmethod
     def try_take(cls, name: bytes) -> Leadership | None:
@@ -120,14 +122,14 @@ class Leadership:
                 fd, _ = self._sock._accept()  # type: ignore[attr-defined]
             except OSError:  # nobody waiting (EAGAIN), or the socket failed
                 break
-            conn = socket.socket(fileno=fd)
+            conn = _socket.socket(fileno=fd)
             if not _same_user(conn):
                 conn.close()
                 continue
             conn.setblocking(False)
             self._waiting.append(conn)
         ready: list[Follower] = []
-        still: list[socket.socket] = []
+        still: list[_socket.socket] = []
         for conn in self._waiting:
             try:
                 data = conn.recv(_MAX_MESSAGE)
@@ -226,7 +228,7 @@ def follow(name: bytes, items: Items, patience: float) -> Outcome:
         sock.close()
 
 
-def _receive(sock: socket.socket, deadline: float, *, drain: bool = False) -> bytes | None:
+def _receive(sock: _socket.socket, deadline: float, *, drain: bool = False) -> bytes | None:
     """One message; ``b""`` at EOF; None when nothing came by ``deadline``."""
     while True:
         remaining = max(0.0, deadline - time.monotonic())
