@@ -87,6 +87,7 @@ class StuckRegistry:
 
     def __init__(self, log_dir: Path) -> None:
         self.path = log_dir / STUCK_FILE
+        self._name = os.fspath(self.path)
 
     def add(self, pid: int) -> None:
         with open(self.path, "a", encoding="ascii") as f:
@@ -94,10 +95,10 @@ class StuckRegistry:
 
     def alive(self) -> list[int]:
         try:
+            # Asked on every write, and the file almost never exists: a bare stat first.
+            os.stat(self._name)
             text = self.path.read_text(encoding="ascii")
-        except FileNotFoundError:
-            return []
-        except OSError:
+        except OSError:  # FileNotFoundError above all
             return []
         pids = []
         for word in text.split():
