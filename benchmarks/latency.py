@@ -223,8 +223,8 @@ def _probe_once(log: TwinLog) -> None:
 
 
 def _identity_check(log: TwinLog) -> None:
-    log._remote.call(
-        "check_dir", log.config.peer, log._local_ops.dev_ino(), timeout=log.config.probe_timeout
+    log._peer_ops.check_identity(
+        log.config.peer, log._local_ops.dev_ino(), log.config.probe_timeout
     )
 
 

@@ -115,7 +115,8 @@ class TwinLog:
         # while neither changes, the worker's open directory is still the checked peer's.
         self._checked: tuple[int, int] | None = None
         self._contended_until = 0.0  # see _commit_uncontended
-        self._group_name = socket_name(os.fspath(config.log_dir)) if config.group_commit else None
+        # Named after the directory we opened (its dev and inode), not its path.
+        self._group_name = socket_name(self._local_ops.dev_ino()) if config.group_commit else None
         self.group_stats = {
             "uncontended": 0,
             "led": 0,
@@ -677,8 +678,8 @@ class TwinLog:
             reason = self._precheck()
             if reason is None:
                 try:
-                    self._peer_ops.remote.call(
-                        "check_dir", cfg.peer, self._local_ops.dev_ino(), timeout=cfg.probe_timeout
+                    self._peer_ops.check_identity(
+                        cfg.peer, self._local_ops.dev_ino(), cfg.probe_timeout
                     )
                     peer_state = self._peer.refresh(repair=False)
                     peer_hwm = dict(peer_state.hwm)
@@ -736,11 +737,8 @@ class TwinLog:
                     except PermissionError:
                         # A reader without write access (a member of the log's group) compares
                         # without the locks: a write landing meanwhile may show as missing.
-                        self._peer_ops.remote.call(
-                            "check_dir",
-                            cfg.peer,
-                            self._local_ops.dev_ino(),
-                            timeout=cfg.probe_timeout,
+                        self._peer_ops.check_identity(
+                            cfg.peer, self._local_ops.dev_ino(), cfg.probe_timeout
                         )
                         break
                 else:

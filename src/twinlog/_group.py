@@ -47,10 +47,10 @@ Items = list[tuple[str, bytes]]
 Assigned = list[tuple[int, str]]
 
 
-def socket_name(log_dir: str) -> bytes:
-    """The abstract socket name of the node whose log directory is ``log_dir``."""
-    st = os.stat(log_dir)
-    return f"\0twinlog-gc-{os.geteuid()}-{st.st_dev:x}-{st.st_ino:x}".encode()
+def socket_name(dev_ino: tuple[int, int]) -> bytes:
+    """The abstract socket name of the node whose log directory has this (st_dev, st_ino)."""
+    dev, ino = dev_ino
+    return f"\0twinlog-gc-{os.geteuid()}-{dev:x}-{ino:x}".encode()
 
 
 def _same_user(sock: _socket.socket) -> bool:

@@ -27,6 +27,13 @@ class RemoteOps:
     def _call(self, op: str, *args: Any) -> Any:
         return self.remote.call(op, *args, timeout=self.io_timeout)
 
+    def check_identity(
+        self, expected_node: str, not_dev_ino: tuple[int, int], probe_timeout: float
+    ) -> None:
+        """Check, without locking, that the directory is the peer's (its identity marker, and
+        not ourselves); the answer must come within ``probe_timeout``."""
+        self.remote.call("check_dir", expected_node, not_dev_ino, timeout=probe_timeout)
+
     def connect(
         self, expected_node: str, not_dev_ino: tuple[int, int], probe_timeout: float
     ) -> None:
