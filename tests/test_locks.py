@@ -199,3 +199,27 @@ def test_ofd_lock_kept_description_is_not_shared_with_a_forked_child(tmp_path: P
     lock.acquire(1.0)
     lock.release()
     lock.close()
+
+
+def test_a_forked_child_letting_go_does_not_drop_the_parents_lock(tmp_path: Path) -> None:
+    """Forked while the parent holds the lock, the child shares its description: the child's
+    release or close must leave the parent's lock in place."""
+    fd = dir_fd(tmp_path)
+    lock = OfdLock(fd, create=True)
+    lock.acquire(1.0)
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            lock.release()
+            lock.close()
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+    other = OfdLock(fd, create=False)
+    with pytest.raises(LockTimeoutError):
+        other.acquire(0.2)
+    assert try_lock_elsewhere(tmp_path / "twinlog.lock") == "BLOCKED"
+    lock.release()
+    other.acquire(1.0)
+    other.close()
+    lock.close()

@@ -223,11 +223,14 @@ class OfdLock:
         return self._fd is not None
 
     def try_acquire(self) -> bool:
-        """Take the lock if it is free now (never waits)."""
+        """Take the lock if it is free now (never waits); False if it is held."""
         fd = self._take_description()
         try:
             _ofd(fd, fcntl.F_OFD_SETLK, fcntl.F_WRLCK)
-        except OSError:
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                os.close(fd)
+                raise
             self._spare = fd
             return False
         self._fd = fd
@@ -244,28 +247,24 @@ class OfdLock:
         return fd
 
     def acquire(self, timeout: float | None) -> None:
-        fd = self._take_description()
-        try:
-            _ofd(fd, fcntl.F_OFD_SETLK, fcntl.F_WRLCK)
-        except OSError as exc:
-            if exc.errno not in (errno.EAGAIN, errno.EACCES):
-                os.close(fd)
-                raise
-        else:
-            self._fd = fd
-            return
-        self._fd = _wait_in_thread(fd, timeout)
+        if not self.try_acquire():
+            self._fd = _wait_in_thread(self._take_description(), timeout)
 
     def release(self) -> None:
         fd, self._fd = self._fd, None
         if fd is None:
+            return
+        if self._pid != os.getpid():
+            # A forked child holds the parent's description: unlocking it would drop the
+            # parent's lock. Closing our copy leaves it to the parent.
+            os.close(fd)
             return
         try:
             _ofd(fd, fcntl.F_OFD_SETLK, fcntl.F_UNLCK)
         except OSError:
             os.close(fd)  # closing the description drops its OFD lock
             return
-        if self._spare is None and self._pid == os.getpid():
+        if self._spare is None:
             self._spare = fd
         else:
             os.close(fd)
