@@ -217,7 +217,7 @@ class TwinLog:
             if outcome.kind == "retry" and join_first:
                 join_first = False  # nobody leads: try to
                 continue
-            self._contended_until = time.monotonic() + _CONTENDED_HOLD
+            self._met_company()
             if outcome.kind == "retry":
                 if time.monotonic() < give_up:
                     time.sleep(0.0005)  # the leader is binding or leaving: try again
@@ -264,11 +264,15 @@ class TwinLog:
         if reason is None and cfg.peer < cfg.node:
             return False
         if not self._local_ops.try_lock():
-            self._contended_until = time.monotonic() + _CONTENDED_HOLD
+            self._met_company()
             return False
         self.group_stats["uncontended"] += 1
         self._commit(batch, locked=True, reason=reason)
         return True
+
+    def _met_company(self) -> None:
+        """Other writers of this node are about (see :meth:`_commit_uncontended`)."""
+        self._contended_until = time.monotonic() + _CONTENDED_HOLD
 
     def _learn(self, peer: tuple[str, float] | None) -> None:
         """Take over the leader's view of the peer: its last reason and its back-off."""
@@ -285,10 +289,7 @@ class TwinLog:
         """Commit our batch, then once more for whoever queued meanwhile (followers, and threads
         of this process). Then leave: our own write() is not held hostage by a steady stream of
         others; those still waiting see us go and elect the next leader among themselves."""
-        served = self.group_stats["followers_served"]
         self._commit(batch, lead=lead)
-        if self.group_stats["followers_served"] != served:
-            self._contended_until = time.monotonic() + _CONTENDED_HOLD
         for _ in range(_EXTRA_ROUNDS):
             if not (lead.pending() or self._queue):
                 break
@@ -518,7 +519,9 @@ class TwinLog:
                 for (msg, fields_json), (seq, ts) in zip(follower.items, assigned, strict=True)
             ]
         followers[:] = taken
-        self.group_stats["followers_served"] += len(taken)
+        if taken:
+            self.group_stats["followers_served"] += len(taken)
+            self._met_company()
         if _failpoints.ACTIVE and taken:
             _failpoints.hit("after_assign")
         released = False
