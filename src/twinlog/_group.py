@@ -58,10 +58,10 @@ def _same_user(sock: _socket.socket) -> bool:
     return bool(uid == os.geteuid())
 
 
-def _new_socket() -> _socket.socket:
+def _new_socket(flags: int = 0) -> _socket.socket:
     # The bare _socket type throughout: one of these per write and per follower, and the
     # Python-level wrapper (socket.socket) costs more than the system calls it makes.
-    return _socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+    return _socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC | flags)
 
 
 @dataclass
@@ -102,11 +102,8 @@ class Leadership:
 
     @classmethod
     def try_take(cls, name: bytes) -> Leadership | None:
-        # Every commit binds and closes one of these: the bare _socket type (no Python-level
-        # wrapper) and SOCK_NONBLOCK at creation keep that to four system calls.
-        sock = _socket.socket(
-            socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK
-        )
+        # Non-blocking from its creation: no extra system call on a path every commit takes.
+        sock = _new_socket(socket.SOCK_NONBLOCK)
         try:
             sock.bind(name)
         except OSError:

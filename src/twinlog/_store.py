@@ -404,13 +404,10 @@ class LogStore:
         if state.ino is None:
             st = self.ops.stat(LOG_FILE)
             state.ino = st[1] if st else None
-        if mark is None:
-            state.absorb(lines)
-        else:
-            origin, last_seq, last_ts = mark
-            if last_seq > state.hwm.get(origin, 0):
-                state.hwm[origin] = last_seq
-            state.max_ts = max(state.max_ts, last_ts)
+        if mark is not None:
+            self._account_run(size, *mark, b"".join(lines[-2:]))
+            return
+        state.absorb(lines)
         state.tail = (state.tail + b"".join(lines[-2:]))[-_TAIL_BYTES:]
         state.offset = size
 
