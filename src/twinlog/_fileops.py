@@ -233,8 +233,7 @@ class DirOps:
         """
         src = os.open(src_path, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            with self._appending(name) as fd:
-                start = os.fstat(fd).st_size
+            with self._appending(name) as (fd, start):
                 count = 0
                 done = 0
                 last = b""
@@ -251,17 +250,17 @@ class DirOps:
                     return -1
                 if fsync:
                     os.fsync(fd)
-                return os.fstat(fd).st_size
+                return start + done
         finally:
             os.close(src)
 
     @contextlib.contextmanager
-    def _appending(self, name: str) -> Iterator[int]:
-        """An ``O_APPEND`` descriptor of ``name`` for the block: see :meth:`_open_append` and
-        :meth:`_abort_append` (what a failure in the block does), then :meth:`_end_append`."""
+    def _appending(self, name: str) -> Iterator[tuple[int, int]]:
+        """:meth:`_open_append` for the block, then :meth:`_abort_append` if it fails, else
+        :meth:`_end_append`. (:meth:`append`, on every write's path, spells this out.)"""
         fd, start = self._open_append(name)
         try:
-            yield fd
+            yield fd, start
         except BaseException:
             self._abort_append(name, fd, start)
             raise
