@@ -228,39 +228,47 @@ def _identity_check(log: TwinLog) -> None:
     )
 
 
+def _share_of_write_row(
+    key: str, label: str, step: Callable[[], None], *, samples: int, write_p50: float, note: str
+) -> Row:
+    """The p50 cost of ``step`` over ``samples`` runs, as a share of a write's p50."""
+    costs = []
+    for _ in range(samples):
+        t0 = time.perf_counter()
+        step()
+        costs.append(time.perf_counter() - t0)
+    cost = percentile(costs, 50)
+    return Row(
+        key=key,
+        label=label,
+        twinlog=f"{cost * 1e6:.0f} us",
+        baseline=f"{write_p50 * 1e3:.3f} ms write()",
+        ratio=cost / write_p50,
+        note=note,
+    )
+
+
 def run_probe(base: Path, samples: int, write_p50: float) -> list[Row]:
     rows: list[Row] = []
     with bench_pair(base, "probe") as pair, pair.twin("a") as log:
         log.write(MESSAGE, **FIELDS)
-        costs = []
-        for _ in range(samples):
-            t0 = time.perf_counter()
-            _probe_once(log)
-            costs.append(time.perf_counter() - t0)
-        cost = percentile(costs, 50)
         rows.append(
-            Row(
-                key="probe.cost",
-                label="probe per write, healthy peer (p50)",
-                twinlog=f"{cost * 1e6:.0f} us",
-                baseline=f"{write_p50 * 1e3:.3f} ms write()",
-                ratio=cost / write_p50,
+            _share_of_write_row(
+                "probe.cost",
+                "probe per write, healthy peer (p50)",
+                lambda: _probe_once(log),
+                samples=samples,
+                write_p50=write_p50,
                 note="mount table + stuck workers; ratio = share of write()",
             )
         )
-        checks = []
-        for _ in range(min(samples, 500)):
-            t0 = time.perf_counter()
-            _identity_check(log)
-            checks.append(time.perf_counter() - t0)
-        check = percentile(checks, 50)
         rows.append(
-            Row(
-                key="probe.identity",
-                label="identity check in the worker (p50)",
-                twinlog=f"{check * 1e6:.0f} us",
-                baseline=f"{write_p50 * 1e3:.3f} ms write()",
-                ratio=check / write_p50,
+            _share_of_write_row(
+                "probe.identity",
+                "identity check in the worker (p50)",
+                lambda: _identity_check(log),
+                samples=min(samples, 500),
+                write_p50=write_p50,
                 note="once per worker and mount-table change, not per write",
             )
         )
