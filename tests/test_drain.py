@@ -8,7 +8,6 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -142,35 +141,3 @@ def test_drain_copy_that_fails_half_way_is_finished_by_the_next_write(
     assert a.last_reason == "ok"
     assert log_ids(pair.log_dir("b")) == [*acked, e.id]
     assert_converged(pair, [*acked, e.id])
-
-
-def test_append_counted_from_a_short_source_fails_and_leaves_the_target_as_it_was(
-    tmp_path: Path,
-) -> None:
-    ops = DirOps(os.fspath(tmp_path))
-    (tmp_path / "twinlog.node").write_text("a\n")
-    assert ops.open_dir("a", None, True) == "ok"
-    (tmp_path / "twinlog.log").write_bytes(b"one\n")
-    src = tmp_path / "src"
-    src.write_bytes(b"two\nthree\n")
-    assert ops.append_counted_from("twinlog.log", os.fspath(src), 4, 6, 1, True) == 10
-    assert (tmp_path / "twinlog.log").read_bytes() == b"one\nthree\n"
-    with pytest.raises(OSError):
-        ops.append_counted_from("twinlog.log", os.fspath(src), 4, 100, 1, False)
-    assert (tmp_path / "twinlog.log").read_bytes() == b"one\nthree\n"
-    ops.close()
-
-
-def test_append_counted_from_refuses_a_wrong_count_and_appends_nothing(tmp_path: Path) -> None:
-    ops = DirOps(os.fspath(tmp_path))
-    (tmp_path / "twinlog.node").write_text("a\n")
-    assert ops.open_dir("a", None, True) == "ok"
-    (tmp_path / "twinlog.log").write_bytes(b"one\n")
-    src = tmp_path / "src"
-    src.write_bytes(b"two\nthree\nfour")
-    assert ops.append_counted_from("twinlog.log", os.fspath(src), 0, 10, 3, False) == -1
-    assert ops.append_counted_from("twinlog.log", os.fspath(src), 0, 14, 3, False) == -1  # torn
-    assert (tmp_path / "twinlog.log").read_bytes() == b"one\n"
-    assert ops.append_counted_from("twinlog.log", os.fspath(src), 0, 10, 2, True) == 14
-    assert (tmp_path / "twinlog.log").read_bytes() == b"one\ntwo\nthree\n"
-    ops.close()

@@ -1,4 +1,5 @@
-"""DirOps keeps our own log and cache open between appends, and never appends to a stale file."""
+"""DirOps appends: our own log and cache kept open between appends and never a stale file;
+the counted copy a drain uses."""
 
 from __future__ import annotations
 
@@ -88,4 +89,32 @@ def test_forked_child_appends_through_its_own_descriptor(ops: DirOps, tmp_path: 
     assert os.waitstatus_to_exitcode(status) == 0
     ops.append("f", [b"parent again\n"], True)
     assert (tmp_path / "f").read_bytes() == b"parent\nchild\nparent again\n"
+    ops.close()
+
+
+def test_append_counted_from_a_short_source_fails_and_leaves_the_target_as_it_was(
+    ops: DirOps, tmp_path: Path
+) -> None:
+    (tmp_path / "twinlog.log").write_bytes(b"one\n")
+    src = tmp_path / "src"
+    src.write_bytes(b"two\nthree\n")
+    assert ops.append_counted_from("twinlog.log", os.fspath(src), 4, 6, 1, True) == 10
+    assert (tmp_path / "twinlog.log").read_bytes() == b"one\nthree\n"
+    with pytest.raises(OSError):
+        ops.append_counted_from("twinlog.log", os.fspath(src), 4, 100, 1, False)
+    assert (tmp_path / "twinlog.log").read_bytes() == b"one\nthree\n"
+    ops.close()
+
+
+def test_append_counted_from_refuses_a_wrong_count_and_appends_nothing(
+    ops: DirOps, tmp_path: Path
+) -> None:
+    (tmp_path / "twinlog.log").write_bytes(b"one\n")
+    src = tmp_path / "src"
+    src.write_bytes(b"two\nthree\nfour")
+    assert ops.append_counted_from("twinlog.log", os.fspath(src), 0, 10, 3, False) == -1
+    assert ops.append_counted_from("twinlog.log", os.fspath(src), 0, 14, 3, False) == -1  # torn
+    assert (tmp_path / "twinlog.log").read_bytes() == b"one\n"
+    assert ops.append_counted_from("twinlog.log", os.fspath(src), 0, 10, 2, True) == 14
+    assert (tmp_path / "twinlog.log").read_bytes() == b"one\ntwo\nthree\n"
     ops.close()
