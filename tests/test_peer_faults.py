@@ -51,24 +51,32 @@ def test_hung_peer_worker_is_abandoned_within_the_timeout(pair: Pair) -> None:
     assert_converged(pair, ["a:1", "a:2", "a:3", "a:4"])
 
 
-def test_worker_hung_mid_append_is_bounded_and_exactly_once(pair: Pair) -> None:
+@pytest.mark.parametrize("trips", ["one", "two"])
+def test_worker_hung_mid_append_is_bounded_and_exactly_once(pair: Pair, trips: str) -> None:
     """The worker stops after the peer append was sent: the entry may or may not be on the peer;
-    it is cached, and the next drain skips it if it did arrive."""
+    it is cached, and the next drain skips it if it did arrive. In the one-round-trip write
+    (lock, check, append, unlock in one request) and in the one that looked first."""
     a = pair.twin("a", probe_timeout=0.5, io_timeout=0.5)
     a.write("first")
-    real_append = a._peer_ops.append_and_release
+    name = "append_if_settled" if trips == "one" else "append_and_release"
+    if trips == "two":
+        a._settled_paused_until = float("inf")  # type: ignore[attr-defined]
+    real_append = getattr(a._peer_ops, name)
 
-    def append_then_hang(name: str, chunks: list[bytes], fsync: bool) -> int:
-        real_append(name, chunks, fsync)  # lands on the peer...
+    def append_then_hang(*args: object) -> object:
+        result = real_append(*args)  # lands on the peer...
         os.kill(worker_pid(a), signal.SIGSTOP)  # ...but the answer never comes back
-        return a._peer_ops._call("stat", name)  # type: ignore[no-any-return]
+        a._peer_ops._call("stat", "twinlog.log")
+        return result
 
-    a._peer_ops.append_and_release = append_then_hang  # type: ignore[method-assign]
+    setattr(a._peer_ops, name, append_then_hang)
     start = time.monotonic()
     a.write("lands but unacknowledged by the peer")
     assert time.monotonic() - start < 0.5 + 0.5 + 0.5
-    del a._peer_ops.append_and_release
+    delattr(a._peer_ops, name)
     assert a.last_reason != "ok"
+    assert b"a:2" in (pair.log_dir("a") / "twinlog.cache").read_bytes()
+    assert "a:2" in log_ids(pair.log_dir("b"))
     a.write("next")
     pair.twin("b").reconcile()
     assert_converged(pair, ["a:1", "a:2", "a:3"])

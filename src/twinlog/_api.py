@@ -37,6 +37,10 @@ __all__ = ["ReconcileResult", "TwinLog"]
 _MOUNTS = MountTable()
 _EXTRA_ROUNDS = 1  # group commits a leader runs for others after its own
 _CONTENDED_HOLD = 1.0  # seconds a process elects (no uncontended commits) after company
+# After a one-round-trip write timed out, writes look before they append for this long: that
+# round trip must answer within probe_timeout, fsync included, and a slow (not dead) peer's
+# fsync may take longer; the two-round-trip write gives its append io_timeout.
+_SETTLED_PAUSE = 60.0
 _instances: weakref.WeakSet[TwinLog] = weakref.WeakSet()
 
 
@@ -59,6 +63,15 @@ class _Pending:
     error: BaseException | None = None
     # (seq, ts) a group-commit leader gave it before it died: written if seq is in our log
     orphan: tuple[int, str] | None = None
+
+
+@dataclass
+class _Staged:
+    """A commit's entries, assigned and appended to our log, before they reach the peer."""
+
+    lines: list[bytes] = field(default_factory=list)
+    mark: tuple[str, int, str] | None = None  # (node, seq, ts) of the last line
+    own: list[tuple[_Pending, int, str]] = field(default_factory=list)  # ours, not followers'
 
 
 @dataclass
@@ -115,6 +128,8 @@ class TwinLog:
         # while neither changes, the worker's open directory is still the checked peer's.
         self._checked: tuple[int, int] | None = None
         self._contended_until = 0.0  # see _commit_uncontended
+        self._settled_paused_until = 0.0  # see _SETTLED_PAUSE
+        self._trips = {"one_trip": 0, "drained_after": 0}  # see peer_worker_stats
         # Named after the directory we opened (its dev and inode), not its path.
         self._group_name = socket_name(self._local_ops.dev_ino()) if config.group_commit else None
         self.group_stats = {
@@ -324,7 +339,6 @@ class TwinLog:
         (None: try it), decided before the lock was taken; they go together."""
         cfg = self.config
         followers: list[Follower] = []  # other processes' requests this commit takes
-        peer = self._peer
         result = ReconcileResult(peer_reachable=False, reason="ok")
         # A write does not knock on a peer that just timed out (its callers would each wait out
         # the timeout, holding our lock, and our peer's writers with them); reconcile does.
@@ -332,10 +346,11 @@ class TwinLog:
         if not locked:
             reason = self._precheck() or (self._backoff_reason() if writing else None)
         peer_ok = reason is None
+        # With nothing to drain, a write reaches the peer once, after our append (_settled).
+        settled = writing and peer_ok and not rotate and self._settled_possible()
         held_local = locked
         held_peer = False
-        peer_tail: tuple[int, int, bytes] | None = None
-        peer_has_cache = False
+        look: tuple[tuple[int, int, bytes] | None, bool] = (None, False)
         try:
             # One global lock order (by node name) so two nodes writing at once never deadlock.
             for side in sorted((cfg.node, cfg.peer)):
@@ -343,31 +358,51 @@ class TwinLog:
                     if not held_local:
                         self._lock_local()
                         held_local = True
-                elif peer_ok:
+                elif peer_ok and not settled:
                     try:
-                        peer_tail, peer_has_cache = self._connect_and_look()
+                        look = self._connect_and_look()
                         held_peer = True
                     except PeerError as exc:
                         peer_ok, reason = False, exc.reason
             if _failpoints.ACTIVE:
                 _failpoints.hit("after_lock")
             self._refresh_local()
-            if peer_ok:
+            if settled and not self._settled_here():
+                # Something to drain: lock and look now (our lock comes first in the order).
+                settled = False
                 try:
-                    peer.refresh(repair=True, prefetched=peer_tail)
-                    result.pushed = self._drain_to_peer()
-                    result.pulled = self._drain_from_peer(peer_has_cache)
+                    look = self._connect_and_look()
+                    held_peer = True
                 except PeerError as exc:
                     peer_ok, reason = False, exc.reason
-            result.peer_reachable = peer_ok
-            result.reason = "ok" if peer_ok else (reason or "io_error")
+            if peer_ok and not settled:
+                peer_ok, reason = self._sync_peer(result, look)
             if writing:
                 if lead is not None:
                     followers = lead.collect()
-                peer_ok, released = self._append_batch(batch, peer_ok, followers)
-                held_peer = held_peer and not released
-                if not peer_ok and result.peer_reachable:
-                    result.peer_reachable, result.reason = False, "io_error"
+                staged = self._append_local(batch, followers)
+                if settled:
+                    try:
+                        look_now = self._deliver_settled(staged)
+                        if look_now is None:
+                            self._trips["one_trip"] += 1
+                        else:  # it locked and looked: the drains deliver ours
+                            self._trips["drained_after"] += 1
+                            held_peer = True
+                            peer_ok, reason = self._sync_peer(result, look_now)
+                    except PeerError as exc:
+                        peer_ok, reason = False, exc.reason
+                        if exc.reason == "timeout":
+                            self._settled_paused_until = time.monotonic() + _SETTLED_PAUSE
+                elif peer_ok and staged.lines:
+                    peer_ok, released = self._deliver(staged)
+                    reason = None if peer_ok else "io_error"
+                    held_peer = held_peer and not released
+                if not peer_ok:
+                    self._cache(staged)
+                self._finish(staged)
+            result.peer_reachable = peer_ok
+            result.reason = "ok" if peer_ok else (reason or "io_error")
             self._rotate_and_expire(result, peer_ok and held_peer, force=rotate)
             self._checkpoints(peer_ok and held_peer)
         except BaseException as exc:
@@ -400,6 +435,54 @@ class TwinLog:
             # does not knock on a peer that just timed out (and reports the right reason).
             follower.answer(None, (result.reason, self._backoff_until))
         return result
+
+    def _settled_possible(self) -> bool:
+        """Whether this write may reach the peer in one round trip after our append
+        (:meth:`_deliver_settled`) instead of locking and looking first: our lock comes first
+        in the lock order (the peer's is taken while we hold ours), this worker has checked
+        the peer's identity under the current mount table, and we know the peer's log from the
+        last commit. Not for a while after such a write timed out (see ``_SETTLED_PAUSE``)."""
+        cfg = self.config
+        remote = self._remote
+        state = self._peer.state
+        return (
+            cfg.node < cfg.peer
+            and cfg.require_mount
+            and state is not None
+            and state.ino is not None
+            and not state.torn
+            and remote.alive
+            and self._checked == (remote.spawned, _MOUNTS.generation)
+            and time.monotonic() >= self._settled_paused_until
+        )
+
+    def _settled_here(self) -> bool:
+        """After our refresh: nothing of ours to drain (no cache, and the peer's log had every
+        entry of ours when we last saw it) and we had every entry of the peer's then."""
+        cfg = self.config
+        local = self._local.state
+        peer = self._peer.state
+        assert local is not None
+        assert peer is not None
+        return (
+            local.hwm.get(cfg.node, 0) == peer.hwm.get(cfg.node, 0)
+            and peer.hwm.get(cfg.peer, 0) <= local.hwm.get(cfg.peer, 0)
+            and not self._local.cache_exists()
+        )
+
+    def _sync_peer(
+        self, result: ReconcileResult, look: tuple[tuple[int, int, bytes] | None, bool]
+    ) -> tuple[bool, str | None]:
+        """Steps 4A and 4B under both locks, from what the peer's lock stage saw (``look``:
+        its log's tail and whether it has a cache). Whether the peer is still reachable, and
+        why not."""
+        try:
+            self._peer.refresh(repair=True, prefetched=look[0])
+            result.pushed += self._drain_to_peer()
+            result.pulled += self._drain_from_peer(look[1])
+        except PeerError as exc:
+            return False, exc.reason
+        return True, None
 
     def _connect_and_look(self) -> tuple[tuple[int, int, bytes] | None, bool]:
         """Lock the peer and look at its log's tail and cache, checking its identity first
@@ -479,13 +562,10 @@ class TwinLog:
                 _failpoints.hit("after_peer_cache_remove")
         return moved
 
-    def _append_batch(
-        self, batch: list[_Pending], peer_ok: bool, followers: list[Follower]
-    ) -> tuple[bool, bool]:
-        """Steps 5 and 6 (or 3) for our entries and those of the group-commit ``followers``
-        (the list is cut down to those that took their assignment): whether the entries reached
-        the peer, and whether that last peer call also released the peer's lock (when nothing
-        else needs it this round)."""
+    def _append_local(self, batch: list[_Pending], followers: list[Follower]) -> _Staged:
+        """Step 5 (or 3's first half) for our entries and those of the group-commit
+        ``followers`` (the list is cut down to those that took their assignment): assign their
+        seqs and stamps and append them to our log."""
         cfg = self.config
         state = self._local.state
         assert state is not None
@@ -494,12 +574,12 @@ class TwinLog:
         total = len(fresh) + sum(len(f.items) for f in followers)
         stamps = iter(self._clock.next_after(state.max_ts or None, total) if total else ())
         next_seq = state.hwm.get(cfg.node, 0) + 1
-        lines: list[bytes] = []
+        staged = _Staged()
+        lines = staged.lines
         last_ts = ""  # of the last line in ``lines``
-        own: list[tuple[_Pending, int, str]] = []
         for pending in fresh:
             last_ts = next(stamps)
-            own.append((pending, next_seq, last_ts))
+            staged.own.append((pending, next_seq, last_ts))
             lines.append(
                 encode_entry(cfg.node, next_seq, last_ts, pending.msg, pending.fields_json)
             )
@@ -524,51 +604,85 @@ class TwinLog:
             self._met_company()
         if _failpoints.ACTIVE and taken:
             _failpoints.hit("after_assign")
-        released = False
         if lines:
-            mark = (cfg.node, next_seq - 1, last_ts)
+            staged.mark = (cfg.node, next_seq - 1, last_ts)
             try:
-                self._local.append_lines(lines, one_write_per_line=True, mark=mark)
+                self._local.append_lines(lines, one_write_per_line=True, mark=staged.mark)
             except OSError as exc:
                 raise StorageError(
                     exc.errno, f"cannot append to the local log {cfg.log_dir}: {exc.strerror}"
                 ) from exc
             if _failpoints.ACTIVE:
                 _failpoints.hit("after_local_append")
-            if peer_ok:
-                # The peer's lock goes with the append, unless the peer is still needed under
-                # it this round: for the retention after a rotation, or to checkpoint its log.
-                release = state.offset < cfg.rotate_bytes and not self._peer.checkpoint_due(
-                    sum(map(len, lines))
-                )
-                try:
-                    self._peer.append_lines(
-                        lines, one_write_per_line=True, release=release, mark=mark
-                    )
-                    released = release
-                    if _failpoints.ACTIVE:
-                        _failpoints.hit("after_peer_append")
-                except PeerError:
-                    peer_ok = False
-        if not peer_ok and lines:
-            try:
-                self._local.append_cache(lines)
-            except OSError as exc:
-                raise StorageError(
-                    exc.errno, f"cannot append to the local cache: {exc.strerror}"
-                ) from exc
-            if _failpoints.ACTIVE:
-                _failpoints.hit("after_cache_append")
-        for pending, seq, ts in own:
+        return staged
+
+    def _deliver(self, staged: _Staged) -> tuple[bool, bool]:
+        """Step 6 under both locks: append the staged lines to the peer's log. Whether they
+        reached it, and whether that call also released the peer's lock (when nothing else
+        needs it this round: the retention after a rotation, or a checkpoint of its log)."""
+        state = self._local.state
+        assert state is not None
+        release = state.offset < self.config.rotate_bytes and not self._peer.checkpoint_due(
+            sum(map(len, staged.lines))
+        )
+        try:
+            self._peer.append_lines(
+                staged.lines, one_write_per_line=True, release=release, mark=staged.mark
+            )
+        except PeerError:
+            return False, False
+        if _failpoints.ACTIVE:
+            _failpoints.hit("after_peer_append")
+        return True, release
+
+    def _deliver_settled(
+        self, staged: _Staged
+    ) -> tuple[tuple[int, int, bytes] | None, bool] | None:
+        """Steps 4 and 6 in one round trip, when :meth:`_settled_here` said there was nothing
+        to drain when we last saw the peer: lock its log and, if nothing was added there since
+        but its own entries we already hold and it has no cache, append ours and unlock (None).
+        Otherwise it stays locked and this returns what it saw, for the drains (which deliver
+        our lines from our log). Rotation or a checkpoint due: lock and look at once."""
+        cfg = self.config
+        state = self._local.state
+        assert state is not None
+        if not staged.lines or state.offset >= cfg.rotate_bytes:
+            return self._connect_and_look()
+        size = sum(map(len, staged.lines))
+        if self._peer.checkpoint_due(size):
+            return self._connect_and_look()
+        assert staged.mark is not None
+        others = (b'{"id":"' + cfg.peer.encode() + b":", state.hwm.get(cfg.peer, 0))
+        look = self._peer.append_if_settled(staged.lines, staged.mark, others, cfg.probe_timeout)
+        if look is None and _failpoints.ACTIVE:
+            _failpoints.hit("after_peer_append")
+        return look
+
+    def _cache(self, staged: _Staged) -> None:
+        """Step 3's second half: the staged lines to our cache (the peer did not get them)."""
+        if not staged.lines:
+            return
+        try:
+            self._local.append_cache(staged.lines)
+        except OSError as exc:
+            raise StorageError(
+                exc.errno, f"cannot append to the local cache: {exc.strerror}"
+            ) from exc
+        if _failpoints.ACTIVE:
+            _failpoints.hit("after_cache_append")
+
+    def _finish(self, staged: _Staged) -> None:
+        """Our own entries are durable: hand them to their write() calls."""
+        node = self.config.node
+        for pending, seq, ts in staged.own:
             pending.entry = Entry(
-                id=f"{cfg.node}:{seq}",
-                node=cfg.node,
+                id=f"{node}:{seq}",
+                node=node,
                 seq=seq,
                 ts=ts,
                 msg=pending.msg,
                 fields=pending.fields,
             )
-        return peer_ok, released
 
     def _settle_orphans(self, batch: list[_Pending]) -> None:
         """Entries a group-commit leader assigned and then died (or failed) over: those whose
@@ -797,8 +911,12 @@ class TwinLog:
         return self._last_reason
 
     def peer_worker_stats(self) -> Mapping[str, int]:
+        """Peer workers started, killed and stuck so far; writes that reached the peer in one
+        round trip (``one_trip``), and those that tried and found something to drain
+        (``drained_after``)."""
         return {
             "spawned": self._remote.spawned,
             "killed": self._remote.killed,
             "stuck": len(self._remote.stuck_pids),
+            **self._trips,
         }

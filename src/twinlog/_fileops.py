@@ -24,6 +24,7 @@ MARKER_FILE = "twinlog.node"
 TORN_FILE = "twinlog.torn"
 
 _READ_BACK = 64 * 1024
+_SETTLED = 64 * 1024  # at most this much new in the peer's log, for the one-round-trip write
 
 
 class IdentityError(Exception):
@@ -221,6 +222,37 @@ class DirOps:
         self._end_append(name, fd)
         return size
 
+    def append_if_settled(  # noqa: PLR0917 - one flat call over the worker's pipe
+        self,
+        name: str,
+        cache_name: str,
+        known: tuple[int, int],
+        others: tuple[bytes, int],
+        chunks: list[bytes],
+        fsync: bool,
+    ) -> tuple[bool, bytes, int] | tuple[bool, tuple[int, int, bytes] | None, bool]:
+        """Under the directory's lock: append ``chunks`` and unlock, if nothing has to be drained
+        first, else look and keep the lock (the write path's one round trip to the peer).
+
+        Nothing has to be drained when there is no ``cache_name``, ``name`` is still the file
+        ``known = (offset, inode)`` was read from, and whatever follows ``offset`` is whole
+        lines whose id starts with ``others[0]`` (``{"id":"<peer>:``) with a seq of at most
+        ``others[1]``: entries of the directory's own node that the caller already holds.
+
+        Returns ``(True, the bytes after offset, new size)`` when appended (and unlocked), or
+        ``(False, tail(name, offset, ...), cache exists)`` with the lock still held.
+        """
+        offset, ino = known
+        st = self.stat(name)
+        has_cache = self.stat(cache_name) is not None
+        if st is not None and not has_cache and st[1] == ino and offset <= st[0]:
+            new = self.read(name, offset, st[0] - offset) if st[0] - offset <= _SETTLED else None
+            if new is not None and len(new) == st[0] - offset and _only_known(new, *others):
+                size = self.append(name, chunks, fsync)
+                self.unlock()
+                return (True, new, size)
+        return (False, self.tail(name, offset, 1 << 20), has_cache)
+
     def append_counted_from(  # noqa: PLR0917 - one flat call over the worker's pipe
         self, name: str, src_path: str, offset: int, length: int, lines: int, fsync: bool
     ) -> int:
@@ -412,6 +444,7 @@ _OPS = frozenset(
         "unlock",
         "stat",
         "append_counted_from",
+        "append_if_settled",
         "read",
         "read_all",
         "append",
@@ -433,3 +466,22 @@ def _write_all(fd: int, data: bytes) -> None:
         if written <= 0:  # pragma: no cover - write() returns >0 or raises
             raise OSError(errno.EIO, "short write")
         view = view[written:]
+
+
+def _only_known(data: bytes, prefix: bytes, max_seq: int) -> bool:
+    """Whether ``data`` is whole lines, each starting ``<prefix><seq>"`` with ``seq`` at most
+    ``max_seq`` (``prefix`` is ``{"id":"<node>:``, how every entry line starts)."""
+    if data and not data.endswith(b"\n"):
+        return False
+    start = 0
+    size = len(data)
+    width = len(prefix)
+    while start < size:
+        if not data.startswith(prefix, start):
+            return False
+        quote = data.find(b'"', start + width)
+        digits = data[start + width : quote]
+        if quote < 0 or not digits.isdigit() or int(digits) > max_seq:
+            return False
+        start = data.index(b"\n", quote) + 1
+    return True

@@ -74,6 +74,26 @@ class RemoteOps:
             return None, False
         return results[1], results[2] is not None
 
+    def append_if_settled(
+        self,
+        known: tuple[int, int],
+        others: tuple[bytes, int],
+        chunks: list[bytes],
+        fsync: bool,
+        timeout: float,
+    ) -> tuple[bool, Any, Any]:
+        """Lock, then :meth:`~twinlog._fileops.DirOps.append_if_settled` on the log, in one
+        round trip: ``(True, new bytes, size)`` appended and unlocked, or ``(False, tail,
+        has_cache)`` locked. The answer must come within ``timeout``; while the lock is busy,
+        as :meth:`connect_and_look`."""
+        stage = [
+            ("lock", (None,)),
+            ("append_if_settled", (LOG_FILE, CACHE_FILE, known, others, chunks, fsync)),
+        ]
+        results = self.remote.stages([(stage, timeout)], patience=self.lock_patience)[0]
+        done, first, second = results[1]
+        return bool(done), first, second
+
     def append_and_release(self, name: str, chunks: list[bytes], fsync: bool) -> int:
         """Append, then unlock, in one round trip (the write path's last peer call)."""
         size, _ = self.remote.batch(

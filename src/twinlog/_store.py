@@ -411,6 +411,32 @@ class LogStore:
         state.tail = (state.tail + b"".join(lines[-2:]))[-_TAIL_BYTES:]
         state.offset = size
 
+    def append_if_settled(
+        self,
+        lines: list[bytes],
+        mark: tuple[str, int, str],
+        others: tuple[bytes, int],
+        timeout: float,
+    ) -> tuple[tuple[int, int, bytes] | None, bool] | None:
+        """Peer stores: lock, and append our ``lines`` (``mark`` as in :meth:`append_lines`)
+        and unlock if nothing but ``others`` (the directory's own node's entries up to a seq
+        we hold) was added since :attr:`state` was read and there is no cache: None, and the
+        new bytes and ours are accounted. Otherwise the directory stays locked, and this
+        returns the log's tail from :attr:`read_offset` and whether there is a cache, for
+        :meth:`refresh` (see ``RemoteOps.append_if_settled``)."""
+        state = self.state
+        assert state is not None
+        assert state.ino is not None
+        done, first, second = self.ops.append_if_settled(  # type: ignore[attr-defined]
+            (state.offset, state.ino), others, lines, self.fsync, timeout
+        )
+        if not done:
+            return first, bool(second)
+        if first:
+            self._consume(state, first, state.offset + len(first))
+        self._account_run(int(second), *mark, b"".join(lines[-2:]))
+        return None
+
     def append_run(self, block: bytes, origin: str, last_seq: int, last_ts: str) -> None:
         """Append a block of complete lines known to be ``origin``'s entries up to
         ``last_seq`` (checked by the caller), without fsync: see :meth:`sync`."""

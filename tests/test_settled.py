@@ -1,0 +1,219 @@
+"""The one-round-trip write: when nothing had to be drained at the last commit, node ``a``
+appends to its own log first and then, in one request to the peer's worker, locks the peer's
+log, checks that nothing needs draining, appends and unlocks. Whenever the check fails it must
+fall back to the method's drains, under the same locks, and lose or repeat nothing."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from pairlib import Pair, assert_converged, log_ids, log_lines
+from twinlog._fileops import DirOps, _only_known
+from twinlog.entry import encode_entry
+
+
+def _line(node: str, seq: int) -> bytes:
+    return encode_entry(node, seq, "2026-11-28T14:00:00.000000Z", f"{node}{seq}", b"")
+
+
+def trips(log: object) -> tuple[int, int]:
+    stats = log.peer_worker_stats()  # type: ignore[attr-defined]
+    return stats["one_trip"], stats["drained_after"]
+
+
+def test_steady_writes_take_one_round_trip_and_both_logs_match(pair: Pair) -> None:
+    a, b = pair.twin("a"), pair.twin("b")
+    acked = [a.write(f"m{i}").id for i in range(5)]
+    # The first write looks first (nothing known of the peer yet); the rest go in one trip.
+    assert trips(a) == (4, 0)
+    acked.append(b.write("from b").id)  # b's lock comes second in the order: never one trip
+    assert trips(b) == (0, 0)
+    acked += [a.write(f"n{i}").id for i in range(3)]
+    # b's own entry in b's log (also in ours) does not stop it.
+    assert trips(a) == (7, 0)
+    assert log_ids(pair.log_dir("a")) == log_ids(pair.log_dir("b")) == acked
+    assert_converged(pair, acked)
+
+
+def test_peer_cache_is_drained_before_the_write_is_answered(pair: Pair) -> None:
+    a = pair.twin("a")
+    acked = [a.write("first").id, a.write("second").id]
+    # What b does when it cannot reach us (without a mount-table change here, which would
+    # make a check the peer's identity, and so look first, anyway): log and cache.
+    cached = _line("b", 1) + _line("b", 2)
+    _append_raw(pair.log_dir("b"), cached)
+    (pair.log_dir("b") / "twinlog.cache").write_bytes(cached)
+    before = trips(a)
+    acked.append(a.write("after").id)  # the worker sees b's cache: lock kept, drains run
+    assert trips(a) == (before[0], before[1] + 1)
+    assert a.last_reason == "ok"
+    assert not (pair.log_dir("b") / "twinlog.cache").exists()
+    assert log_ids(pair.log_dir("a")) == ["a:1", "a:2", "a:3", "b:1", "b:2"]
+    acked.append(a.write("again").id)
+    assert trips(a) == (before[0] + 1, before[1] + 1)
+    assert_converged(pair, [*acked, "b:1", "b:2"])
+
+
+def _append_raw(log_dir: Path, data: bytes) -> None:
+    with open(log_dir / "twinlog.log", "ab") as f:
+        f.write(data)
+
+
+def test_an_entry_the_peer_left_undelivered_is_pulled(pair: Pair) -> None:
+    a, b = pair.twin("a"), pair.twin("b")
+    acked = [a.write("one").id, b.write("b one").id, a.write("two").id]
+    # b wrote b:2 to its own log and died before appending it to ours: no cache.
+    line = encode_entry("b", 2, "2026-11-28T14:00:00.000000Z", "undelivered", b"")
+    _append_raw(pair.log_dir("b"), line)
+    before = trips(a)
+    acked.append(a.write("three").id)
+    assert trips(a) == (before[0], before[1] + 1)
+    assert "b:2" in log_ids(pair.log_dir("a"))
+    assert_converged(pair, [*acked, "b:2"])
+
+
+def test_a_torn_tail_on_the_peer_is_repaired_not_appended_after(pair: Pair) -> None:
+    a = pair.twin("a")
+    acked = [a.write("one").id, a.write("two").id]
+    _append_raw(pair.log_dir("b"), b'{"id":"b:1","node":"b","se')  # b died mid-append
+    acked.append(a.write("three").id)
+    assert trips(a)[1] == 1
+    assert log_lines(pair.log_dir("b"))  # no torn last line (log_lines checks)
+    assert log_ids(pair.log_dir("b")) == acked
+    assert (pair.log_dir("b") / "twinlog.torn").exists()
+    assert_converged(pair, acked)
+
+
+def test_our_entries_added_by_another_process_make_it_look_first(pair: Pair) -> None:
+    a, other = pair.twin("a"), pair.twin("a")
+    acked = [a.write("one").id, a.write("two").id]
+    acked.append(other.write("from another process of a").id)
+    done = trips(a)
+    acked.append(a.write("three").id)
+    # Our refresh sees a:3, which the peer's log (as we last saw it) lacks: look first.
+    assert trips(a) == done
+    assert log_ids(pair.log_dir("b")) == acked
+    assert_converged(pair, acked)
+
+
+def test_a_rotated_peer_log_is_read_afresh(pair: Pair) -> None:
+    a, b = pair.twin("a"), pair.twin("b")
+    acked = [a.write("one").id, a.write("two").id]
+    b.rotate()  # b's log becomes a segment: another inode
+    acked.append(a.write("three").id)
+    assert trips(a)[1] == 1
+    assert log_ids(pair.log_dir("b")) == ["a:3"]
+    # (assert_converged reads active logs only)
+    assert [e.id for e in b.read()] == [e.id for e in a.read()] == acked
+    assert a.verify().in_sync
+
+
+def test_a_hung_peer_in_the_one_trip_write_times_out_and_caches(pair: Pair) -> None:
+    a = pair.twin("a", probe_timeout=0.5, io_timeout=1.0)
+    acked = [a.write("one").id, a.write("two").id]
+    assert trips(a) == (1, 0)
+    pid = a._remote._proc.pid  # type: ignore[union-attr]
+    os.kill(pid, signal.SIGSTOP)  # like a call stuck on a dead NFS server
+    try:
+        started = time.monotonic()
+        acked.append(a.write("during the hang").id)
+        took = time.monotonic() - started
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # killed, as it should be
+            os.kill(pid, signal.SIGCONT)
+    assert 0.5 <= took < 1.5, took
+    assert a.last_reason == "timeout"
+    assert a.peer_worker_stats()["killed"] == 1
+    assert log_ids(pair.log_dir("a"))[-1] == "a:3"
+    assert b"a:3" in (pair.log_dir("a") / "twinlog.cache").read_bytes()
+    # After a timeout the writes look first for a while (a slow peer's fsync may need more
+    # than probe_timeout); reconcile delivers the cached entry.
+    a.reconcile()
+    acked.append(a.write("after").id)
+    assert trips(a) == (1, 0)
+    assert_converged(pair, acked)
+
+
+# -- the worker's half, on a plain directory ---------------------------------------------------
+@pytest.fixture
+def ops(tmp_path: Path) -> DirOps:
+    (tmp_path / "twinlog.node").write_text("b\n")
+    ops = DirOps(os.fspath(tmp_path))
+    assert ops.open_dir("b", None, True) == "ok"
+    return ops
+
+
+def test_append_if_settled_appends_and_unlocks_only_after_known_lines(
+    ops: DirOps, tmp_path: Path
+) -> None:
+    log = tmp_path / "twinlog.log"
+    log.write_bytes(_line("a", 1))
+    known = (log.stat().st_size, log.stat().st_ino)
+    others = (b'{"id":"b:', 2)
+    log.write_bytes(log.read_bytes() + _line("b", 1) + _line("b", 2))
+    ops.lock(1.0)
+    done, new, size = ops.append_if_settled(
+        "twinlog.log", "twinlog.cache", known, others, [_line("a", 2)], True
+    )
+    assert done and new == _line("b", 1) + _line("b", 2) and size == log.stat().st_size
+    assert log.read_bytes().endswith(_line("a", 2))
+    assert not ops._lock.held  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    "added",
+    [_line("b", 3), _line("a", 2), b'{"id":"b:1","no', b"junk\n"],
+    ids=["seq we lack", "ours", "torn", "not an entry"],
+)
+def test_append_if_settled_looks_and_keeps_the_lock_otherwise(
+    ops: DirOps, tmp_path: Path, added: bytes
+) -> None:
+    log = tmp_path / "twinlog.log"
+    log.write_bytes(_line("a", 1))
+    known = (log.stat().st_size, log.stat().st_ino)
+    log.write_bytes(log.read_bytes() + added)
+    ops.lock(1.0)
+    before = log.read_bytes()
+    done, tail, has_cache = ops.append_if_settled(
+        "twinlog.log", "twinlog.cache", known, (b'{"id":"b:', 2), [_line("a", 2)], True
+    )
+    assert not done and not has_cache
+    assert tail == (len(before), known[1], added)
+    assert log.read_bytes() == before
+    assert ops._lock.held  # type: ignore[union-attr]
+
+
+def test_append_if_settled_looks_when_there_is_a_cache_or_another_file(
+    ops: DirOps, tmp_path: Path
+) -> None:
+    log = tmp_path / "twinlog.log"
+    log.write_bytes(_line("a", 1))
+    known = (log.stat().st_size, log.stat().st_ino)
+    (tmp_path / "twinlog.cache").write_bytes(_line("b", 1))
+    ops.lock(1.0)
+    args = ("twinlog.log", "twinlog.cache", known, (b'{"id":"b:', 9), [_line("a", 2)], True)
+    done, _, has_cache = ops.append_if_settled(*args)
+    assert not done and has_cache
+    (tmp_path / "twinlog.cache").unlink()
+    os.rename(log, tmp_path / "twinlog.log.1")
+    log.write_bytes(_line("a", 1))  # same size, another inode
+    done, tail, has_cache = ops.append_if_settled(*args)
+    assert not done and not has_cache and tail[1] != known[1]
+    assert log.read_bytes() == _line("a", 1)
+
+
+def test_only_known() -> None:
+    prefix = b'{"id":"b:'
+    assert _only_known(b"", prefix, 0)
+    assert _only_known(_line("b", 1) + _line("b", 5), prefix, 5)
+    assert not _only_known(_line("b", 6), prefix, 5)
+    assert not _only_known(_line("b", 1)[:-1], prefix, 5)
+    assert not _only_known(_line("bb", 1), prefix, 5)
+    assert not _only_known(b'{"id":"b:x1"}\n', prefix, 5)
+    assert not _only_known(b'{"id":"b:1\n', prefix, 5)
