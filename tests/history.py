@@ -89,6 +89,7 @@ class WriteOp:
     start: float
     end: float
     lock_waits: int = 0
+    one_trip: bool = False  # its own commit reached the peer in one round trip
 
     @property
     def seq(self) -> int:
@@ -111,9 +112,13 @@ def parse_writer_output(writer: str, node: str, text: str) -> tuple[list[WriteOp
         if not line.endswith("\n"):
             continue  # never acknowledged as far as the history is concerned
         parts = line.split()
-        if parts and parts[0] == "ack" and len(parts) == 6:
-            _, id_, i, start, end, waits = parts
-            acks.append(WriteOp(writer, node, id_, int(i), float(start), float(end), int(waits)))
+        if parts and parts[0] == "ack" and len(parts) == 7:
+            _, id_, i, start, end, waits, trip = parts
+            acks.append(
+                WriteOp(
+                    writer, node, id_, int(i), float(start), float(end), int(waits), trip == "1"
+                )
+            )
         elif parts and parts[0] == "err":
             errors.append(f"{writer}: {line.strip()}")
     return acks, errors
@@ -491,6 +496,7 @@ class HistoryReport:
     latencies: list[float] = field(default_factory=list)
     max_workers: int = 0
     max_lock_wait_threads: int = 0
+    one_trip_writes: int = 0
     workers_after_heal: int = 0
     reconcile: dict[str, dict[str, Any]] = field(default_factory=dict)
     check: CheckResult = field(default_factory=CheckResult)
@@ -539,6 +545,7 @@ class HistoryReport:
             ("**duplicated**", str(self.check.duplicated_count)),
             ("torn lines", str(sum(len(t) for t in self.check.torn.values()))),
             ("write() errors", str(len(self.write_errors))),
+            ("acknowledged in one round trip to the peer", str(self.one_trip_writes)),
             ("writer processes", str(self.writers)),
             ("faults injected", str(sum(self.faults.values()))),
             ("writers SIGKILLed at random moments", str(self.random_kills)),
@@ -822,6 +829,7 @@ class _Run:
         rep.writes = len(acks)
         rep.latencies = [op.latency for op in acks]
         rep.max_lock_wait_threads = max((op.lock_waits for op in acks), default=0)
+        rep.one_trip_writes = sum(op.one_trip for op in acks)
         if rep.write_errors:
             rep.problems.append(f"{len(rep.write_errors)} write() errors: {rep.write_errors[:5]}")
         rep.workers_after_heal = wait_for_no_workers(self.tag, 10.0)

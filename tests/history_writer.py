@@ -3,10 +3,11 @@
 Writes entries ``PREFIX-0``, ``PREFIX-1``, ... until killed, and records each operation on stdout,
 one line each, written before the next write starts:
 
-``ack <id> <i> <start> <end> <lock_wait_threads>``
+``ack <id> <i> <start> <end> <lock_wait_threads> <one_trip>``
     ``write()`` returned ``<id>`` for message ``PREFIX-<i>``; ``start``/``end`` are
-    ``time.monotonic()`` around the call (CLOCK_MONOTONIC: comparable across processes), and
-    ``lock_wait_threads`` counts this process's threads named ``twinlog-lock-wait`` afterwards.
+    ``time.monotonic()`` around the call (CLOCK_MONOTONIC: comparable across processes),
+    ``lock_wait_threads`` counts this process's threads named ``twinlog-lock-wait`` afterwards,
+    and ``one_trip`` is 1 if the write's own commit reached the peer in one round trip.
 ``err <i> <start> <end> <exception type>: <text>``
     ``write()`` raised; the entry is not acknowledged (it may or may not be in the log).
 
@@ -38,6 +39,7 @@ def main() -> None:
     with TwinLog(config) as log:
         i = 0
         while True:
+            trips = log.peer_worker_stats()["one_trip"]
             start = time.monotonic()
             try:
                 entry = log.write(f"{prefix}-{i}", writer=prefix, i=i)
@@ -48,7 +50,8 @@ def main() -> None:
                 time.sleep(0.05)
             else:
                 end = time.monotonic()
-                line = f"ack {entry.id} {i} {start:.6f} {end:.6f} {lock_wait_threads()}\n"
+                one = int(log.peer_worker_stats()["one_trip"] > trips)
+                line = f"ack {entry.id} {i} {start:.6f} {end:.6f} {lock_wait_threads()} {one}\n"
                 os.write(out, line.encode())
             i += 1
             if pace > 0:
