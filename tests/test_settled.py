@@ -14,8 +14,12 @@ from pathlib import Path
 import pytest
 
 from pairlib import Pair, assert_converged, log_ids, log_lines
-from twinlog._fileops import DirOps, _only_known
+from twinlog._fileops import DirOps, _as_expected
 from twinlog.entry import encode_entry
+
+# for a writer on a whose log holds a:1 (and the peer's log too), appending a:2: none of
+# ours may have been added to the peer's log since, and b's entries up to b:2 may
+NOTHING_OF_OURS = (b'{"id":"a:', 2, 1, b'{"id":"b:', 2)
 
 
 def _line(node: str, seq: int) -> bytes:
@@ -90,16 +94,31 @@ def test_a_torn_tail_on_the_peer_is_repaired_not_appended_after(pair: Pair) -> N
     assert_converged(pair, acked)
 
 
-def test_our_entries_added_by_another_process_make_it_look_first(pair: Pair) -> None:
-    a, other = pair.twin("a"), pair.twin("a")
+def test_our_entries_delivered_by_another_process_are_expected(pair: Pair) -> None:
+    a, other, b = pair.twin("a"), pair.twin("a"), pair.twin("b")
     acked = [a.write("one").id, a.write("two").id]
-    acked.append(other.write("from another process of a").id)
+    acked += [other.write(f"from another process of a {i}").id for i in range(3)]
+    acked.append(b.write("from b").id)
     done = trips(a)
     acked.append(a.write("three").id)
-    # Our refresh sees a:3, which the peer's log (as we last saw it) lacks: look first.
-    assert trips(a) == done
+    # a:3-a:5 (our other process's) and b:1 were added to b's log since we last read it, all
+    # of them in our log too: still one round trip, and our view of b's log catches up.
+    assert trips(a) == (done[0] + 1, done[1])
     assert log_ids(pair.log_dir("b")) == acked
+    assert a._peer.state.hwm == {"a": 6, "b": 1}  # type: ignore[union-attr]
     assert_converged(pair, acked)
+
+
+def test_our_entry_another_process_left_undelivered_is_pushed_first(pair: Pair) -> None:
+    a = pair.twin("a")
+    acked = [a.write("one").id, a.write("two").id]
+    # Another process of a appended a:3 to our log and died before the peer's: no cache.
+    _append_raw(pair.log_dir("a"), _line("a", 3))
+    done = trips(a)
+    acked.append(a.write("three").id)  # a:4
+    assert trips(a) == (done[0], done[1] + 1)
+    assert log_ids(pair.log_dir("b")) == ["a:1", "a:2", "a:3", "a:4"]
+    assert_converged(pair, [*acked, "a:3"])
 
 
 def test_a_rotated_peer_log_is_read_afresh(pair: Pair) -> None:
@@ -155,11 +174,11 @@ def test_append_if_settled_appends_and_unlocks_only_after_known_lines(
     log = tmp_path / "twinlog.log"
     log.write_bytes(_line("a", 1))
     known = (log.stat().st_size, log.stat().st_ino)
-    others = (b'{"id":"b:', 2)
+    added = NOTHING_OF_OURS  # and b's entries up to b:2
     log.write_bytes(log.read_bytes() + _line("b", 1) + _line("b", 2))
     ops.lock(1.0)
     done, new, size = ops.append_if_settled(
-        "twinlog.log", "twinlog.cache", known, others, [_line("a", 2)], True
+        "twinlog.log", "twinlog.cache", known, added, [_line("a", 2)], True
     )
     assert done and new == _line("b", 1) + _line("b", 2) and size == log.stat().st_size
     assert log.read_bytes().endswith(_line("a", 2))
@@ -181,7 +200,7 @@ def test_append_if_settled_looks_and_keeps_the_lock_otherwise(
     ops.lock(1.0)
     before = log.read_bytes()
     done, tail, has_cache = ops.append_if_settled(
-        "twinlog.log", "twinlog.cache", known, (b'{"id":"b:', 2), [_line("a", 2)], True
+        "twinlog.log", "twinlog.cache", known, NOTHING_OF_OURS, [_line("a", 2)], True
     )
     assert not done and not has_cache
     assert tail == (len(before), known[1], added)
@@ -197,7 +216,7 @@ def test_append_if_settled_looks_when_there_is_a_cache_or_another_file(
     known = (log.stat().st_size, log.stat().st_ino)
     (tmp_path / "twinlog.cache").write_bytes(_line("b", 1))
     ops.lock(1.0)
-    args = ("twinlog.log", "twinlog.cache", known, (b'{"id":"b:', 9), [_line("a", 2)], True)
+    args = ("twinlog.log", "twinlog.cache", known, NOTHING_OF_OURS, [_line("a", 2)], True)
     done, _, has_cache = ops.append_if_settled(*args)
     assert not done and has_cache
     (tmp_path / "twinlog.cache").unlink()
@@ -208,12 +227,20 @@ def test_append_if_settled_looks_when_there_is_a_cache_or_another_file(
     assert log.read_bytes() == _line("a", 1)
 
 
-def test_only_known() -> None:
-    prefix = b'{"id":"b:'
-    assert _only_known(b"", prefix, 0)
-    assert _only_known(_line("b", 1) + _line("b", 5), prefix, 5)
-    assert not _only_known(_line("b", 6), prefix, 5)
-    assert not _only_known(_line("b", 1)[:-1], prefix, 5)
-    assert not _only_known(_line("bb", 1), prefix, 5)
-    assert not _only_known(b'{"id":"b:x1"}\n', prefix, 5)
-    assert not _only_known(b'{"id":"b:1\n', prefix, 5)
+def test_as_expected() -> None:
+    own, others = b'{"id":"a:', b'{"id":"b:'
+    a3, a4, b1, b5 = _line("a", 3), _line("a", 4), _line("b", 1), _line("b", 5)
+    assert _as_expected(b"", own, 3, 2, others, 0)
+    assert _as_expected(b1 + b5, own, 3, 2, others, 5)
+    assert _as_expected(a3 + b1 + a4, own, 3, 4, others, 1)
+    assert not _as_expected(b"", own, 3, 3, others, 0)  # a:3 is not there
+    assert not _as_expected(a3, own, 3, 4, others, 0)  # a:4 is not there
+    assert not _as_expected(a4, own, 3, 4, others, 0)  # a:3 skipped
+    assert not _as_expected(a4 + a3, own, 3, 4, others, 0)  # out of order
+    assert not _as_expected(a3 + a3, own, 3, 4, others, 0)
+    assert not _as_expected(_line("b", 6), own, 3, 2, others, 5)
+    assert not _as_expected(b1[:-1], own, 3, 2, others, 5)
+    assert not _as_expected(_line("bb", 1), own, 3, 2, others, 5)
+    assert not _as_expected(_line("c", 1), own, 3, 2, others, 5)
+    assert not _as_expected(b'{"id":"b:x1"}\n', own, 3, 2, others, 5)
+    assert not _as_expected(b'{"id":"b:1\n', own, 3, 2, others, 5)

@@ -457,15 +457,16 @@ class TwinLog:
         )
 
     def _settled_here(self) -> bool:
-        """After our refresh: nothing of ours to drain (no cache, and the peer's log had every
-        entry of ours when we last saw it) and we had every entry of the peer's then."""
+        """After our refresh: no cache of ours, and when we last saw the peer's log we had every
+        entry of the peer's it held and it had none of ours we lack (the worker checks what
+        was added since: :meth:`_deliver_settled`)."""
         cfg = self.config
         local = self._local.state
         peer = self._peer.state
         assert local is not None
         assert peer is not None
         return (
-            local.hwm.get(cfg.node, 0) == peer.hwm.get(cfg.node, 0)
+            peer.hwm.get(cfg.node, 0) <= local.hwm.get(cfg.node, 0)
             and peer.hwm.get(cfg.peer, 0) <= local.hwm.get(cfg.peer, 0)
             and not self._local.cache_exists()
         )
@@ -652,8 +653,18 @@ class TwinLog:
         if self._peer.checkpoint_due(size):
             return self._connect_and_look()
         assert staged.mark is not None
-        others = (b'{"id":"' + cfg.peer.encode() + b":", state.hwm.get(cfg.peer, 0))
-        look = self._peer.append_if_settled(staged.lines, staged.mark, others, cfg.probe_timeout)
+        peer = self._peer.state
+        assert peer is not None
+        # Since we last read the peer's log, our other processes may have added our entries
+        # up to just before ours, and the peer's writers their own that we hold.
+        added = (
+            b'{"id":"' + cfg.node.encode() + b":",
+            peer.hwm.get(cfg.node, 0) + 1,
+            staged.mark[1] - len(staged.lines),
+            b'{"id":"' + cfg.peer.encode() + b":",
+            state.hwm.get(cfg.peer, 0),
+        )
+        look = self._peer.append_if_settled(staged.lines, staged.mark, added, cfg.probe_timeout)
         if look is None and _failpoints.ACTIVE:
             _failpoints.hit("after_peer_append")
         return look

@@ -24,7 +24,7 @@ MARKER_FILE = "twinlog.node"
 TORN_FILE = "twinlog.torn"
 
 _READ_BACK = 64 * 1024
-_SETTLED = 64 * 1024  # at most this much new in the peer's log, for the one-round-trip write
+_SETTLED = 256 * 1024  # at most this much new in the peer's log, for the one-round-trip write
 
 
 class IdentityError(Exception):
@@ -227,7 +227,7 @@ class DirOps:
         name: str,
         cache_name: str,
         known: tuple[int, int],
-        others: tuple[bytes, int],
+        added: tuple[bytes, int, int, bytes, int],
         chunks: list[bytes],
         fsync: bool,
     ) -> tuple[bool, bytes, int] | tuple[bool, tuple[int, int, bytes] | None, bool]:
@@ -235,9 +235,12 @@ class DirOps:
         first, else look and keep the lock (the write path's one round trip to the peer).
 
         Nothing has to be drained when there is no ``cache_name``, ``name`` is still the file
-        ``known = (offset, inode)`` was read from, and whatever follows ``offset`` is whole
-        lines whose id starts with ``others[0]`` (``{"id":"<peer>:``) with a seq of at most
-        ``others[1]``: entries of the directory's own node that the caller already holds.
+        ``known = (offset, inode)`` was read from, and what was added after ``offset`` is as
+        ``added = (own, first, last, others, most)`` allows: whole entry lines, those whose id
+        starts with ``own`` (``{"id":"<writer's node>:``) exactly seqs ``first`` to ``last`` in
+        order (delivered by the writer's other processes: so the log has every one before the
+        writer's new ones), any other whose id starts with ``others`` (the directory's node) with
+        a seq of at most ``most`` (entries the writer holds), and no other line.
 
         Returns ``(True, the bytes after offset, new size)`` when appended (and unlocked), or
         ``(False, tail(name, offset, ...), cache exists)`` with the lock still held.
@@ -247,7 +250,7 @@ class DirOps:
         has_cache = self.stat(cache_name) is not None
         if st is not None and not has_cache and st[1] == ino and offset <= st[0]:
             new = self.read(name, offset, st[0] - offset) if st[0] - offset <= _SETTLED else None
-            if new is not None and len(new) == st[0] - offset and _only_known(new, *others):
+            if new is not None and len(new) == st[0] - offset and _as_expected(new, *added):
                 size = self.append(name, chunks, fsync)
                 self.unlock()
                 return (True, new, size)
@@ -468,20 +471,34 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[written:]
 
 
-def _only_known(data: bytes, prefix: bytes, max_seq: int) -> bool:
-    """Whether ``data`` is whole lines, each starting ``<prefix><seq>"`` with ``seq`` at most
-    ``max_seq`` (``prefix`` is ``{"id":"<node>:``, how every entry line starts)."""
+def _as_expected(  # noqa: PLR0917 - the fields of append_if_settled's ``added``
+    data: bytes, own: bytes, first: int, last: int, others: bytes, most: int
+) -> bool:
+    """Whether ``data`` is whole lines: ids starting ``own`` with exactly seqs ``first`` to
+    ``last`` in order, and ids starting ``others`` with seqs of at most ``most``, and nothing
+    else (both prefixes are ``{"id":"<node>:``, how every entry line starts)."""
     if data and not data.endswith(b"\n"):
         return False
+    expect = first
     start = 0
     size = len(data)
-    width = len(prefix)
     while start < size:
-        if not data.startswith(prefix, start):
+        if data.startswith(own, start):
+            width, mine = len(own), True
+        elif data.startswith(others, start):
+            width, mine = len(others), False
+        else:
             return False
         quote = data.find(b'"', start + width)
         digits = data[start + width : quote]
-        if quote < 0 or not digits.isdigit() or int(digits) > max_seq:
+        if quote < 0 or not digits.isdigit():
+            return False
+        seq = int(digits)
+        if mine:
+            if seq != expect:
+                return False
+            expect += 1
+        elif seq > most:
             return False
         start = data.index(b"\n", quote) + 1
-    return True
+    return expect == last + 1

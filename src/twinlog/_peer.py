@@ -77,7 +77,7 @@ class RemoteOps:
     def append_if_settled(
         self,
         known: tuple[int, int],
-        others: tuple[bytes, int],
+        added: tuple[bytes, int, int, bytes, int],
         chunks: list[bytes],
         fsync: bool,
         timeout: float,
@@ -88,7 +88,7 @@ class RemoteOps:
         as :meth:`connect_and_look`."""
         stage = [
             ("lock", (None,)),
-            ("append_if_settled", (LOG_FILE, CACHE_FILE, known, others, chunks, fsync)),
+            ("append_if_settled", (LOG_FILE, CACHE_FILE, known, added, chunks, fsync)),
         ]
         results = self.remote.stages([(stage, timeout)], patience=self.lock_patience)[0]
         done, first, second = results[1]

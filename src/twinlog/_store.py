@@ -415,20 +415,19 @@ class LogStore:
         self,
         lines: list[bytes],
         mark: tuple[str, int, str],
-        others: tuple[bytes, int],
+        added: tuple[bytes, int, int, bytes, int],
         timeout: float,
     ) -> tuple[tuple[int, int, bytes] | None, bool] | None:
         """Peer stores: lock, and append our ``lines`` (``mark`` as in :meth:`append_lines`)
-        and unlock if nothing but ``others`` (the directory's own node's entries up to a seq
-        we hold) was added since :attr:`state` was read and there is no cache: None, and the
-        new bytes and ours are accounted. Otherwise the directory stays locked, and this
-        returns the log's tail from :attr:`read_offset` and whether there is a cache, for
-        :meth:`refresh` (see ``RemoteOps.append_if_settled``)."""
+        and unlock if nothing but what ``added`` allows was added since :attr:`state` was read
+        and there is no cache (see ``DirOps.append_if_settled``): None, and the new bytes and
+        ours are accounted. Otherwise the directory stays locked, and this returns the log's
+        tail from :attr:`read_offset` and whether there is a cache, for :meth:`refresh`."""
         state = self.state
         assert state is not None
         assert state.ino is not None
         done, first, second = self.ops.append_if_settled(  # type: ignore[attr-defined]
-            (state.offset, state.ino), others, lines, self.fsync, timeout
+            (state.offset, state.ino), added, lines, self.fsync, timeout
         )
         if not done:
             return first, bool(second)
