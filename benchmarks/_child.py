@@ -49,6 +49,7 @@ def _timed_writes(log: TwinLog, msg: str, threads: int, start: float, end: float
     counts = [0] * threads
     latencies: list[list[float]] = [[] for _ in range(threads)]
     group_before = dict(log.group_stats)
+    trips_before = log.peer_worker_stats()["one_trip"]
 
     def loop(index: int) -> None:
         time.sleep(max(0.0, start - time.monotonic()))
@@ -79,6 +80,8 @@ def _timed_writes(log: TwinLog, msg: str, threads: int, start: float, end: float
         "killed": stats["killed"],
         # How this window's commits went: alone, as leader, as follower (see _group.py).
         "group": {k: v - group_before.get(k, 0) for k, v in log.group_stats.items()},
+        # Of those (alone or led), how many reached the peer in one round trip (node a only).
+        "one_trip": stats["one_trip"] - trips_before,
     }
 
 

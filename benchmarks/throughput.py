@@ -133,6 +133,7 @@ def _row(where: str, n: int, rate: float, single_rate: float, results: list[dict
     reasons = sorted({r["reason"] for r in results})
     killed = sum(r["killed"] for r in results)
     group = {k: sum(r.get("group", {}).get(k, 0) for r in results) for k in _GROUP_KEYS}
+    one_trip = sum(r.get("one_trip", 0) for r in results)
     target = ">= 3" if n == max(WRITER_COUNTS) else ""
     where_text = "on node a" if where == "one_node" else "on each node"
     return Row(
@@ -147,6 +148,6 @@ def _row(where: str, n: int, rate: float, single_rate: float, results: list[dict
             f"p50 write() {p50 * 1e3:.2f} ms; last reason {','.join(reasons)}; "
             f"{killed} peer workers killed so far; {starved} writers wrote nothing; "
             f"commits: {group['uncontended']} alone, {group['led']} led, "
-            f"{group['followed']} followed"
+            f"{group['followed']} followed; {one_trip} in one round trip to the peer"
         ),
     )

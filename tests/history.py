@@ -545,7 +545,10 @@ class HistoryReport:
             ("**duplicated**", str(self.check.duplicated_count)),
             ("torn lines", str(sum(len(t) for t in self.check.torn.values()))),
             ("write() errors", str(len(self.write_errors))),
-            ("acknowledged in one round trip to the peer", str(self.one_trip_writes)),
+            (
+                "writes committed in one round trip to the peer by their own writer",
+                str(self.one_trip_writes),
+            ),
             ("writer processes", str(self.writers)),
             ("faults injected", str(sum(self.faults.values()))),
             ("writers SIGKILLed at random moments", str(self.random_kills)),
