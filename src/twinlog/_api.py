@@ -347,7 +347,9 @@ class TwinLog:
             reason = self._precheck() or (self._backoff_reason() if writing else None)
         peer_ok = reason is None
         # With nothing to drain, a write reaches the peer once, after our append (_settled).
-        settled = writing and peer_ok and not rotate and self._settled_possible()
+        # Not a group-commit leader's: it takes its followers after the peer's lock stage, and
+        # those that arrive meanwhile join (its groups were half as big the other way round).
+        settled = writing and peer_ok and not rotate and lead is None and self._settled_possible()
         held_local = locked
         held_peer = False
         look: tuple[tuple[int, int, bytes] | None, bool] = (None, False)
