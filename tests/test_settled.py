@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import pytest
 
 from pairlib import Pair, assert_converged, log_ids, log_lines
 from twinlog._fileops import DirOps, _as_expected
+from twinlog._group import Leadership
 from twinlog.entry import encode_entry
 
 # for a writer on a whose log holds a:1 (and the peer's log too), appending a:2: none of
@@ -244,3 +246,31 @@ def test_as_expected() -> None:
     assert not _as_expected(_line("c", 1), own, 3, 2, others, 5)
     assert not _as_expected(b'{"id":"b:x1"}\n', own, 3, 2, others, 5)
     assert not _as_expected(b'{"id":"b:1\n', own, 3, 2, others, 5)
+
+
+def test_a_group_commit_leader_looks_first_and_takes_followers_after(pair: Pair) -> None:
+    """A leader takes its followers after the peer's lock stage (writers arriving during that
+    round trip join its group), so it does not use the one-round-trip write."""
+    leader, follower = pair.twin("a"), pair.twin("a")
+    acked = [leader.write("one").id, leader.write("two").id]
+    assert trips(leader) == (1, 0)
+    assert leader._group_name is not None
+    lead = Leadership.try_take(leader._group_name)
+    assert lead is not None
+    holder = pair.twin("a")
+    holder._local_ops.lock(1.0)  # busy, so the writer follows instead of committing alone
+    done: list[str] = []
+    t = threading.Thread(target=lambda: done.append(follower.write("via the leader").id))
+    t.start()
+    deadline = time.monotonic() + 5
+    while not lead.pending() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    holder._local_ops.unlock()
+    with leader._mutex:
+        leader._commit([], lead=lead)
+    t.join(5)
+    lead.close()
+    assert done == ["a:3"]
+    assert trips(leader) == (1, 0)
+    assert log_ids(pair.log_dir("b")) == [*acked, "a:3"]
+    assert_converged(pair, [*acked, "a:3"])
