@@ -49,6 +49,8 @@ def test_every_failpoint_is_tested() -> None:
 @pytest.mark.parametrize("point", WRITE_POINTS)
 @pytest.mark.parametrize("nth", [1, 3])
 def test_crash_on_the_write_path_with_peer_up(pair: Pair, point: str, nth: int) -> None:
+    # The first write looks at the peer first; the third takes the one-round-trip write
+    # (tests/test_settled.py), so both shapes die at each point.
     code, acked = finish(spawn(pair, "a", 5, failpoint=f"{point}@{nth}"))
     assert code == -signal.SIGKILL
     assert len(acked) == nth - 1
