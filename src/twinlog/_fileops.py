@@ -209,13 +209,8 @@ class DirOps:
         the error is raised: errors at write, fsync or close all mean "not durable".
         """
         fd, start = self._open_append(name)
-        size = start
         try:
-            for chunk in chunks:
-                _write_all(fd, chunk)
-                size += len(chunk)  # at the end of the file: O_APPEND, and we hold the lock
-            if fsync:
-                os.fsync(fd)
+            size = _write_chunks(fd, start, chunks, fsync)
         except BaseException:
             self._abort_append(name, fd, start)
             raise
@@ -246,15 +241,30 @@ class DirOps:
         ``(False, tail(name, offset, ...), cache exists)`` with the lock still held.
         """
         offset, ino = known
-        st = self.stat(name)
         has_cache = self.stat(cache_name) is not None
-        if st is not None and not has_cache and st[1] == ino and offset <= st[0]:
-            new = self.read(name, offset, st[0] - offset) if st[0] - offset <= _SETTLED else None
-            if new is not None and len(new) == st[0] - offset and _as_expected(new, *added):
-                size = self.append(name, chunks, fsync)
-                self.unlock()
-                return (True, new, size)
-        return (False, self.tail(name, offset, 1 << 20), has_cache)
+        # The size from the descriptor, not from stat(): on NFS, opening revalidates the file's
+        # attributes (close-to-open), a stat() may answer from a cache seconds old and miss
+        # what the peer's own writers appended since.
+        fd, start = self._open_append(name)
+        size = -1
+        new = b""
+        try:
+            if (
+                not has_cache
+                and offset <= start <= offset + _SETTLED
+                and os.fstat(fd).st_ino == ino
+            ):
+                new = self.read(name, offset, start - offset)
+                if len(new) == start - offset and _as_expected(new, *added):
+                    size = _write_chunks(fd, start, chunks, fsync)
+        except BaseException:
+            self._abort_append(name, fd, start)
+            raise
+        self._end_append(name, fd)
+        if size < 0:
+            return (False, self.tail(name, offset, 1 << 20), has_cache)
+        self.unlock()
+        return (True, new, size)
 
     def append_counted_from(  # noqa: PLR0917 - one flat call over the worker's pipe
         self, name: str, src_path: str, offset: int, length: int, lines: int, fsync: bool
@@ -460,6 +470,18 @@ _OPS = frozenset(
         "fsync_dir",
     }
 )
+
+
+def _write_chunks(fd: int, start: int, chunks: list[bytes], fsync: bool) -> int:
+    """Write each chunk with one ``write()`` to an ``O_APPEND`` descriptor of a file of
+    ``start`` bytes (under its lock: they land at the end), then fsync; the new size."""
+    size = start
+    for chunk in chunks:
+        _write_all(fd, chunk)
+        size += len(chunk)
+    if fsync:
+        os.fsync(fd)
+    return size
 
 
 def _write_all(fd: int, data: bytes) -> None:
