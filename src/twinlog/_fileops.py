@@ -97,13 +97,29 @@ class DirOps:
             raise IdentityError(f"{reason}: {self.path}")
 
     def tail(self, name: str, offset: int, limit: int) -> tuple[int, int, bytes] | None:
-        """``(size, inode, bytes from offset)`` of a file in one call; None when missing."""
-        st = self.stat(name)
-        if st is None:
+        """``(size, inode, bytes from offset)`` of a file in one call; None when missing.
+
+        A file not kept open is opened first and its size taken from the descriptor: on NFS,
+        opening revalidates the attributes (close-to-open) where a ``stat()`` may answer from
+        a cache seconds old. Our own (kept-open, local) files need only the stat."""
+        if name in self._keep_open:
+            st = self.stat(name)
+            if st is None:
+                return None
+            size, ino = st
+            data = self.read(name, offset, min(limit, size - offset)) if size > offset else b""
+            return (size, ino, data)
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=self.dir_fd)
+        except FileNotFoundError:
             return None
-        size, ino = st
-        data = self.read(name, offset, min(limit, size - offset)) if size > offset else b""
-        return (size, ino, data)
+        try:
+            fst = os.fstat(fd)
+            size = fst.st_size
+            data = _pread_all(fd, offset, min(limit, size - offset)) if size > offset else b""
+        finally:
+            os.close(fd)
+        return (size, fst.st_ino, data)
 
     def close(self) -> None:
         """Forget the directory (after its mount went away, closing may fail: never mind)."""
@@ -184,15 +200,7 @@ class DirOps:
         except FileNotFoundError:
             return b""
         try:
-            chunks = []
-            while length > 0:
-                data = os.pread(fd, length, offset)
-                if not data:
-                    break
-                chunks.append(data)
-                offset += len(data)
-                length -= len(data)
-            return b"".join(chunks)
+            return _pread_all(fd, offset, length)
         finally:
             os.close(fd)
 
@@ -470,6 +478,19 @@ _OPS = frozenset(
         "fsync_dir",
     }
 )
+
+
+def _pread_all(fd: int, offset: int, length: int) -> bytes:
+    """Up to ``length`` bytes at ``offset`` (fewer at the end of the file)."""
+    chunks = []
+    while length > 0:
+        data = os.pread(fd, length, offset)
+        if not data:
+            break
+        chunks.append(data)
+        offset += len(data)
+        length -= len(data)
+    return b"".join(chunks)
 
 
 def _write_chunks(fd: int, start: int, chunks: list[bytes], fsync: bool) -> int:
