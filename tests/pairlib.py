@@ -12,12 +12,15 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterable
+import threading
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from twinlog import Config, TwinLog
+from twinlog._group import Leadership
 
 
 def run(*cmd: str) -> None:
@@ -181,3 +184,29 @@ def spawn(
         text=True,
         env=env,
     )
+
+
+def write_through_a_leader(
+    pair: Pair, leader: TwinLog, follower: TwinLog, msg: str, before_commit: Callable[[], None]
+) -> list[str]:
+    """``follower.write(msg)`` in a thread, committed by ``leader`` as the group-commit leader
+    (one ``_commit`` for it, after ``before_commit``); the ids the write returned."""
+    assert leader._group_name is not None
+    lead = Leadership.try_take(leader._group_name)
+    assert lead is not None
+    # The lock is busy (as while a leader waits for it), so the writer follows, not commits alone.
+    holder = pair.twin(leader.config.node)
+    holder._local_ops.lock(1.0)
+    done: list[str] = []
+    t = threading.Thread(target=lambda: done.append(follower.write(msg).id))
+    t.start()
+    deadline = time.monotonic() + 5
+    while not lead.pending() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    holder._local_ops.unlock()
+    with leader._mutex:
+        before_commit()
+        leader._commit([], lead=lead)
+    t.join(5)
+    lead.close()
+    return done

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from pairlib import Pair, assert_converged, log_ids, spawn
+from pairlib import Pair, assert_converged, log_ids, spawn, write_through_a_leader
 from twinlog import Config, TwinLog
 from twinlog._group import Follower, Leadership, follow
 from twinlog.entry import encode_entry
@@ -298,24 +298,12 @@ def test_a_follower_learns_the_leaders_view_of_the_peer(pair: Pair) -> None:
     and after a peer timeout the next leader does not knock on that peer again at once."""
     pair.cut("a")
     leader, follower = pair.twin("a"), pair.twin("a")
-    assert leader._group_name is not None
-    lead = Leadership.try_take(leader._group_name)
-    assert lead is not None
-    # The lock is busy (as while a leader waits for it), so the writer follows, not commits alone.
-    holder = pair.twin("a")
-    holder._local_ops.lock(1.0)
-    done: list[str] = []
-    t = threading.Thread(target=lambda: done.append(follower.write("via the leader").id))
-    t.start()
-    deadline = time.monotonic() + 5
-    while not lead.pending() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    holder._local_ops.unlock()
-    with leader._mutex:
-        leader._backoff_until = time.monotonic() + 60  # as after a timeout...
-        leader._commit([], lead=lead)  # ...but the reason this time is the missing mount
-    t.join(5)
-    lead.close()
+
+    def as_after_a_timeout() -> None:
+        # ...but the reason this time is the missing mount
+        leader._backoff_until = time.monotonic() + 60
+
+    done = write_through_a_leader(pair, leader, follower, "via the leader", as_after_a_timeout)
     assert done == ["a:1"]
     assert follower.group_stats["followed"] == 1
     assert follower.last_reason == "not_mounted"

@@ -8,20 +8,26 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from pairlib import Pair, assert_converged, log_ids, log_lines
+from pairlib import Pair, assert_converged, log_ids, log_lines, write_through_a_leader
 from twinlog._fileops import DirOps, _as_expected
-from twinlog._group import Leadership
 from twinlog.entry import encode_entry
 
 # for a writer on a whose log holds a:1 (and the peer's log too), appending a:2: none of
 # ours may have been added to the peer's log since, and b's entries up to b:2 may
 NOTHING_OF_OURS = (b'{"id":"a:', 2, 1, b'{"id":"b:', 2)
+
+
+def _log_of_a1(tmp_path: Path) -> tuple[Path, tuple[int, int]]:
+    """The peer's log holding a:1, and ``known`` as a writer that read it has it."""
+    log = tmp_path / "twinlog.log"
+    log.write_bytes(_line("a", 1))
+    st = log.stat()
+    return log, (st.st_size, st.st_ino)
 
 
 def _line(node: str, seq: int) -> bytes:
@@ -173,9 +179,7 @@ def ops(tmp_path: Path) -> DirOps:
 def test_append_if_settled_appends_and_unlocks_only_after_known_lines(
     ops: DirOps, tmp_path: Path
 ) -> None:
-    log = tmp_path / "twinlog.log"
-    log.write_bytes(_line("a", 1))
-    known = (log.stat().st_size, log.stat().st_ino)
+    log, known = _log_of_a1(tmp_path)
     added = NOTHING_OF_OURS  # and b's entries up to b:2
     log.write_bytes(log.read_bytes() + _line("b", 1) + _line("b", 2))
     ops.lock(1.0)
@@ -195,9 +199,7 @@ def test_append_if_settled_appends_and_unlocks_only_after_known_lines(
 def test_append_if_settled_looks_and_keeps_the_lock_otherwise(
     ops: DirOps, tmp_path: Path, added: bytes
 ) -> None:
-    log = tmp_path / "twinlog.log"
-    log.write_bytes(_line("a", 1))
-    known = (log.stat().st_size, log.stat().st_ino)
+    log, known = _log_of_a1(tmp_path)
     log.write_bytes(log.read_bytes() + added)
     ops.lock(1.0)
     before = log.read_bytes()
@@ -213,9 +215,7 @@ def test_append_if_settled_looks_and_keeps_the_lock_otherwise(
 def test_append_if_settled_looks_when_there_is_a_cache_or_another_file(
     ops: DirOps, tmp_path: Path
 ) -> None:
-    log = tmp_path / "twinlog.log"
-    log.write_bytes(_line("a", 1))
-    known = (log.stat().st_size, log.stat().st_ino)
+    log, known = _log_of_a1(tmp_path)
     (tmp_path / "twinlog.cache").write_bytes(_line("b", 1))
     ops.lock(1.0)
     args = ("twinlog.log", "twinlog.cache", known, NOTHING_OF_OURS, [_line("a", 2)], True)
@@ -254,22 +254,7 @@ def test_a_group_commit_leader_looks_first_and_takes_followers_after(pair: Pair)
     leader, follower = pair.twin("a"), pair.twin("a")
     acked = [leader.write("one").id, leader.write("two").id]
     assert trips(leader) == (1, 0)
-    assert leader._group_name is not None
-    lead = Leadership.try_take(leader._group_name)
-    assert lead is not None
-    holder = pair.twin("a")
-    holder._local_ops.lock(1.0)  # busy, so the writer follows instead of committing alone
-    done: list[str] = []
-    t = threading.Thread(target=lambda: done.append(follower.write("via the leader").id))
-    t.start()
-    deadline = time.monotonic() + 5
-    while not lead.pending() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    holder._local_ops.unlock()
-    with leader._mutex:
-        leader._commit([], lead=lead)
-    t.join(5)
-    lead.close()
+    done = write_through_a_leader(pair, leader, follower, "via the leader", lambda: None)
     assert done == ["a:3"]
     assert trips(leader) == (1, 0)
     assert log_ids(pair.log_dir("b")) == [*acked, "a:3"]

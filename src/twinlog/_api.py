@@ -7,7 +7,7 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -608,16 +608,23 @@ class TwinLog:
         if _failpoints.ACTIVE and taken:
             _failpoints.hit("after_assign")
         if lines:
-            staged.mark = (cfg.node, next_seq - 1, last_ts)
-            try:
-                self._local.append_lines(lines, one_write_per_line=True, mark=staged.mark)
-            except OSError as exc:
-                raise StorageError(
-                    exc.errno, f"cannot append to the local log {cfg.log_dir}: {exc.strerror}"
-                ) from exc
-            if _failpoints.ACTIVE:
-                _failpoints.hit("after_local_append")
+            mark = staged.mark = (cfg.node, next_seq - 1, last_ts)
+            self._append_here(
+                lambda: self._local.append_lines(lines, one_write_per_line=True, mark=mark),
+                f"the local log {cfg.log_dir}",
+                "after_local_append",
+            )
         return staged
+
+    @staticmethod
+    def _append_here(append: Callable[[], None], what: str, failpoint: str) -> None:
+        """An append to our own directory: its failure is a StorageError."""
+        try:
+            append()
+        except OSError as exc:
+            raise StorageError(exc.errno, f"cannot append to {what}: {exc.strerror}") from exc
+        if _failpoints.ACTIVE:
+            _failpoints.hit(failpoint)
 
     def _deliver(self, staged: _Staged) -> tuple[bool, bool]:
         """Step 6 under both locks: append the staged lines to the peer's log. Whether they
@@ -673,16 +680,12 @@ class TwinLog:
 
     def _cache(self, staged: _Staged) -> None:
         """Step 3's second half: the staged lines to our cache (the peer did not get them)."""
-        if not staged.lines:
-            return
-        try:
-            self._local.append_cache(staged.lines)
-        except OSError as exc:
-            raise StorageError(
-                exc.errno, f"cannot append to the local cache: {exc.strerror}"
-            ) from exc
-        if _failpoints.ACTIVE:
-            _failpoints.hit("after_cache_append")
+        if staged.lines:
+            self._append_here(
+                lambda: self._local.append_cache(staged.lines),
+                "the local cache",
+                "after_cache_append",
+            )
 
     def _finish(self, staged: _Staged) -> None:
         """Our own entries are durable: hand them to their write() calls."""
