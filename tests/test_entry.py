@@ -23,6 +23,7 @@ from twinlog.entry import (
     decode_line,
     encode_entry,
     format_ts,
+    id_prefix,
     parse_key,
     parse_ts,
 )
@@ -161,3 +162,9 @@ def test_entries_are_hashable_and_compare_by_value() -> None:
     b = Entry("n:1", "n", 1, "2026-01-01T00:00:00.000000Z", "m", {"k": [1]})
     assert a == b and len({a, b}) == 1
     assert a != Entry("n:1", "n", 1, "2026-01-01T00:00:00.000000Z", "other", {})
+
+
+def test_id_prefix_is_how_every_line_of_the_node_starts() -> None:
+    line = encode_entry("node-1", 42, "2026-11-28T14:00:00.000000Z", "m", b"")
+    assert line.startswith(id_prefix("node-1"))
+    assert not line.startswith(id_prefix("node-"))

@@ -28,7 +28,7 @@ from twinlog._sync import transfer
 from twinlog._worker import RemoteDir
 from twinlog.clock import HybridClock
 from twinlog.config import Config
-from twinlog.entry import Entry, check_message, encode_entry, parse_key
+from twinlog.entry import Entry, check_message, encode_entry, id_prefix, parse_key
 from twinlog.exceptions import ConfigError, LockTimeoutError, PeerError, StorageError
 from twinlog.probe import REASONS, MountTable, StuckRegistry
 
@@ -445,17 +445,24 @@ class TwinLog:
         the peer's identity under the current mount table, and we know the peer's log from the
         last commit. Not for a while after such a write timed out (see ``_SETTLED_PAUSE``)."""
         cfg = self.config
-        remote = self._remote
         state = self._peer.state
         return (
             cfg.node < cfg.peer
-            and cfg.require_mount
             and state is not None
             and state.ino is not None
             and not state.torn
+            and self._identity_checked()
+            and time.monotonic() >= self._settled_paused_until
+        )
+
+    def _identity_checked(self) -> bool:
+        """Whether the worker alive now checked the peer's identity under the current mount
+        table (so its open directory is still the peer's; needs ``require_mount``)."""
+        remote = self._remote
+        return (
+            self.config.require_mount
             and remote.alive
             and self._checked == (remote.spawned, _MOUNTS.generation)
-            and time.monotonic() >= self._settled_paused_until
         )
 
     def _settled_here(self) -> bool:
@@ -492,11 +499,7 @@ class TwinLog:
         unless this very worker checked it under the current mount table."""
         cfg = self.config
         remote = self._remote
-        recheck = not (
-            cfg.require_mount
-            and remote.alive
-            and self._checked == (remote.spawned, _MOUNTS.generation)
-        )
+        recheck = not self._identity_checked()
         self._checked = None
         result = self._peer_ops.connect_and_look(
             cfg.peer,
@@ -630,11 +633,7 @@ class TwinLog:
         """Step 6 under both locks: append the staged lines to the peer's log. Whether they
         reached it, and whether that call also released the peer's lock (when nothing else
         needs it this round: the retention after a rotation, or a checkpoint of its log)."""
-        state = self._local.state
-        assert state is not None
-        release = state.offset < self.config.rotate_bytes and not self._peer.checkpoint_due(
-            sum(map(len, staged.lines))
-        )
+        release = not self._peer_needed_after(staged)
         try:
             self._peer.append_lines(
                 staged.lines, one_write_per_line=True, release=release, mark=staged.mark
@@ -645,6 +644,15 @@ class TwinLog:
             _failpoints.hit("after_peer_append")
         return True, release
 
+    def _peer_needed_after(self, staged: _Staged) -> bool:
+        """Whether this commit needs the peer's lock after appending ``staged`` there: for the
+        retention after a rotation of our log, or to checkpoint the peer's."""
+        state = self._local.state
+        assert state is not None
+        return state.offset >= self.config.rotate_bytes or self._peer.checkpoint_due(
+            sum(map(len, staged.lines))
+        )
+
     def _deliver_settled(
         self, staged: _Staged
     ) -> tuple[tuple[int, int, bytes] | None, bool] | None:
@@ -654,23 +662,20 @@ class TwinLog:
         Otherwise it stays locked and this returns what it saw, for the drains (which deliver
         our lines from our log). Rotation or a checkpoint due: lock and look at once."""
         cfg = self.config
+        if not staged.lines or self._peer_needed_after(staged):
+            return self._connect_and_look()
         state = self._local.state
-        assert state is not None
-        if not staged.lines or state.offset >= cfg.rotate_bytes:
-            return self._connect_and_look()
-        size = sum(map(len, staged.lines))
-        if self._peer.checkpoint_due(size):
-            return self._connect_and_look()
-        assert staged.mark is not None
         peer = self._peer.state
+        assert state is not None
         assert peer is not None
+        assert staged.mark is not None
         # Since we last read the peer's log, our other processes may have added our entries
         # up to just before ours, and the peer's writers their own that we hold.
         added = (
-            b'{"id":"' + cfg.node.encode() + b":",
+            id_prefix(cfg.node),
             peer.hwm.get(cfg.node, 0) + 1,
             staged.mark[1] - len(staged.lines),
-            b'{"id":"' + cfg.peer.encode() + b":",
+            id_prefix(cfg.peer),
             state.hwm.get(cfg.peer, 0),
         )
         look = self._peer.append_if_settled(staged.lines, staged.mark, added, cfg.probe_timeout)

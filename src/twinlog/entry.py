@@ -22,7 +22,7 @@ from twinlog.exceptions import (
     ReservedFieldError,
 )
 
-__all__ = ["RESERVED_FIELDS", "Entry", "decode_line", "encode_entry", "parse_key"]
+__all__ = ["RESERVED_FIELDS", "Entry", "decode_line", "encode_entry", "id_prefix", "parse_key"]
 
 #: Names an extra field may not take: they identify or order the entry.
 RESERVED_FIELDS = frozenset({"id", "node", "seq", "ts", "msg", "hlc", "origin"})
@@ -147,6 +147,11 @@ def encode_entry(node: str, seq: int, ts: str, msg: str, fields_json: bytes) -> 
     if fields_json:
         return head + b"," + fields_json + b"}\n"
     return head + b"}\n"
+
+
+def id_prefix(node: str) -> bytes:
+    """How every line of an entry of ``node`` starts: ``{"id":"<node>:``."""
+    return _PREFIX + node.encode() + b":"
 
 
 def parse_key(line: bytes) -> tuple[str, int, str] | None:
