@@ -216,7 +216,7 @@ class DirOps:
         its size before the call (best effort), so a failed append leaves no partial line, and
         the error is raised: errors at write, fsync or close all mean "not durable".
         """
-        fd, start = self._open_append(name)
+        fd, start, _ = self._open_append(name)
         try:
             size = _write_chunks(fd, start, chunks, fsync)
         except BaseException:
@@ -253,15 +253,11 @@ class DirOps:
         # The size from the descriptor, not from stat(): on NFS, opening revalidates the file's
         # attributes (close-to-open), a stat() may answer from a cache seconds old and miss
         # what the peer's own writers appended since.
-        fd, start = self._open_append(name)
+        fd, start, now_ino = self._open_append(name)
         size = -1
-        new = b""
+        new: bytes | None = None
         try:
-            if (
-                not has_cache
-                and offset <= start <= offset + _SETTLED
-                and os.fstat(fd).st_ino == ino
-            ):
+            if not has_cache and now_ino == ino and offset <= start <= offset + _SETTLED:
                 new = self.read(name, offset, start - offset)
                 if len(new) == start - offset and _as_expected(new, *added):
                     size = _write_chunks(fd, start, chunks, fsync)
@@ -269,10 +265,14 @@ class DirOps:
             self._abort_append(name, fd, start)
             raise
         self._end_append(name, fd)
-        if size < 0:
-            return (False, self.tail(name, offset, 1 << 20), has_cache)
-        self.unlock()
-        return (True, new, size)
+        if size >= 0:
+            assert new is not None
+            self.unlock()
+            return (True, new, size)
+        # What tail(name, offset, ...) would answer, from the descriptor just opened.
+        if new is None:
+            new = self.read(name, offset, min(1 << 20, start - offset)) if start > offset else b""
+        return (False, (start, now_ino, new), has_cache)
 
     def append_counted_from(  # noqa: PLR0917 - one flat call over the worker's pipe
         self, name: str, src_path: str, offset: int, length: int, lines: int, fsync: bool
@@ -311,7 +311,7 @@ class DirOps:
     def _appending(self, name: str) -> Iterator[tuple[int, int]]:
         """:meth:`_open_append` for the block, then :meth:`_abort_append` if it fails, else
         :meth:`_end_append`. (:meth:`append`, on every write's path, spells this out.)"""
-        fd, start = self._open_append(name)
+        fd, start, _ = self._open_append(name)
         try:
             yield fd, start
         except BaseException:
@@ -319,10 +319,10 @@ class DirOps:
             raise
         self._end_append(name, fd)
 
-    def _open_append(self, name: str) -> tuple[int, int]:
-        """An ``O_APPEND`` descriptor of ``name`` and the file's size now: the one kept open if
-        the name still leads to its file (a rotation renames the log, a drain unlinks the
-        cache), else a new one."""
+    def _open_append(self, name: str) -> tuple[int, int, int]:
+        """An ``O_APPEND`` descriptor of ``name``, the file's size now and its inode: the one
+        kept open if the name still leads to its file (a rotation renames the log, a drain
+        unlinks the cache), else a new one."""
         if self._pid != os.getpid():  # a forked child opens its own
             self._open_files.clear()
             self._pid = os.getpid()
@@ -334,7 +334,7 @@ class DirOps:
             except FileNotFoundError:
                 st = None
             if st is not None and st.st_ino == ino and st.st_dev == dev:
-                return fd, st.st_size
+                return fd, st.st_size, ino
             self.forget(name)
         flags = os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC
         try:
@@ -347,7 +347,7 @@ class DirOps:
         st = os.fstat(fd)
         if name in self._keep_open:
             self._open_files[name] = (fd, st.st_dev, st.st_ino)
-        return fd, st.st_size
+        return fd, st.st_size, st.st_ino
 
     def _abort_append(self, name: str, fd: int, start: int) -> None:
         """Cut the file back to ``start`` (best effort) and close the descriptor."""
