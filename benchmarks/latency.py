@@ -50,8 +50,8 @@ def _helper_appender(
     calls themselves, one round trip per entry).
 
     ``look_first``: one more round trip before the local append (the helper only ``fstat``s
-    its file), the shape the method itself needs: look at the peer (lock, tail, cache) before
-    the local append, because a drain may have to come first, then the peer append after it."""
+    its file), the shape of a write that has to look at the peer (lock, tail, cache) before
+    its local append, because a drain may have to come first, then append there after it."""
     req_r, req_w = os.pipe()
     ack_r, ack_w = os.pipe()
     pid = os.fork()
@@ -182,7 +182,7 @@ def run_latency(base: Path, samples: int) -> tuple[list[Row], float]:
             raw,
             f"; {one_trip} of {len(ours) + 1} writes in one round trip to the peer",
         )
-        ratio_to = percentile(ours, 50)
+        write_p50 = percentile(ours, 50)
         b = percentile(raw, 50) * 1e3
         for key, series, label, note in (
             (
@@ -191,7 +191,7 @@ def run_latency(base: Path, samples: int) -> tuple[list[Row], float]:
                 "raw with the peer append in a helper process (p50)",
                 "the same appends, the second one a pipe round trip away: the floor of "
                 "killable peer I/O, and the shape of a write with nothing to drain; write() "
-                f"p50 is {ratio_to / percentile(floor, 50):.2f}x this",
+                f"p50 is {write_p50 / percentile(floor, 50):.2f}x this",
             ),
             (
                 "single.peer_up.floor2",
@@ -212,7 +212,6 @@ def run_latency(base: Path, samples: int) -> tuple[list[Row], float]:
                     note=note,
                 )
             )
-        write_p50 = percentile(ours, 50)
         pair.cut("a")
         with pair.twin("a") as log:
             ours, raw = _interleaved(

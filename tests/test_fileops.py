@@ -92,16 +92,22 @@ def test_forked_child_appends_through_its_own_descriptor(ops: DirOps, tmp_path: 
     ops.close()
 
 
+def _log_and_source(tmp_path: Path, source: bytes) -> str:
+    """A log holding ``one`` and a source file for the counted copy; the source's path."""
+    (tmp_path / "twinlog.log").write_bytes(b"one\n")
+    src = tmp_path / "src"
+    src.write_bytes(source)
+    return os.fspath(src)
+
+
 def test_append_counted_from_a_short_source_fails_and_leaves_the_target_as_it_was(
     ops: DirOps, tmp_path: Path
 ) -> None:
-    (tmp_path / "twinlog.log").write_bytes(b"one\n")
-    src = tmp_path / "src"
-    src.write_bytes(b"two\nthree\n")
-    assert ops.append_counted_from("twinlog.log", os.fspath(src), 4, 6, 1, True) == 10
+    src = _log_and_source(tmp_path, b"two\nthree\n")
+    assert ops.append_counted_from("twinlog.log", src, 4, 6, 1, True) == 10
     assert (tmp_path / "twinlog.log").read_bytes() == b"one\nthree\n"
     with pytest.raises(OSError):
-        ops.append_counted_from("twinlog.log", os.fspath(src), 4, 100, 1, False)
+        ops.append_counted_from("twinlog.log", src, 4, 100, 1, False)
     assert (tmp_path / "twinlog.log").read_bytes() == b"one\nthree\n"
     ops.close()
 
@@ -109,12 +115,10 @@ def test_append_counted_from_a_short_source_fails_and_leaves_the_target_as_it_wa
 def test_append_counted_from_refuses_a_wrong_count_and_appends_nothing(
     ops: DirOps, tmp_path: Path
 ) -> None:
-    (tmp_path / "twinlog.log").write_bytes(b"one\n")
-    src = tmp_path / "src"
-    src.write_bytes(b"two\nthree\nfour")
-    assert ops.append_counted_from("twinlog.log", os.fspath(src), 0, 10, 3, False) == -1
-    assert ops.append_counted_from("twinlog.log", os.fspath(src), 0, 14, 3, False) == -1  # torn
+    src = _log_and_source(tmp_path, b"two\nthree\nfour")
+    assert ops.append_counted_from("twinlog.log", src, 0, 10, 3, False) == -1
+    assert ops.append_counted_from("twinlog.log", src, 0, 14, 3, False) == -1  # torn
     assert (tmp_path / "twinlog.log").read_bytes() == b"one\n"
-    assert ops.append_counted_from("twinlog.log", os.fspath(src), 0, 10, 2, True) == 14
+    assert ops.append_counted_from("twinlog.log", src, 0, 10, 2, True) == 14
     assert (tmp_path / "twinlog.log").read_bytes() == b"one\ntwo\nthree\n"
     ops.close()
