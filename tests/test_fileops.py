@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+import twinlog._fileops
 from twinlog._fileops import DirOps
 
 
@@ -100,25 +101,49 @@ def _log_and_source(tmp_path: Path, source: bytes) -> str:
     return os.fspath(src)
 
 
-def test_append_counted_from_a_short_source_fails_and_leaves_the_target_as_it_was(
+def test_append_from_a_short_source_is_refused_and_leaves_the_target_as_it_was(
     ops: DirOps, tmp_path: Path
 ) -> None:
     src = _log_and_source(tmp_path, b"two\nthree\n")
-    assert ops.append_counted_from("twinlog.log", src, 4, 6, 1, True) == 10
+    assert ops.append_from("twinlog.log", src, 4, 6, True) == 10
     assert (tmp_path / "twinlog.log").read_bytes() == b"one\nthree\n"
-    with pytest.raises(OSError):
-        ops.append_counted_from("twinlog.log", src, 4, 100, 1, False)
+    assert ops.append_from("twinlog.log", src, 4, 100, False) == -1
     assert (tmp_path / "twinlog.log").read_bytes() == b"one\nthree\n"
     ops.close()
 
 
-def test_append_counted_from_refuses_a_wrong_count_and_appends_nothing(
-    ops: DirOps, tmp_path: Path
-) -> None:
+def test_append_from_refuses_a_run_that_does_not_end_a_line(ops: DirOps, tmp_path: Path) -> None:
     src = _log_and_source(tmp_path, b"two\nthree\nfour")
-    assert ops.append_counted_from("twinlog.log", src, 0, 10, 3, False) == -1
-    assert ops.append_counted_from("twinlog.log", src, 0, 14, 3, False) == -1  # torn
+    assert ops.append_from("twinlog.log", src, 0, 14, False) == -1  # torn
+    assert ops.append_from("twinlog.log", src, 0, 0, False) == -1
     assert (tmp_path / "twinlog.log").read_bytes() == b"one\n"
-    assert ops.append_counted_from("twinlog.log", src, 0, 10, 2, True) == 14
+    assert ops.append_from("twinlog.log", src, 0, 10, True) == 14
     assert (tmp_path / "twinlog.log").read_bytes() == b"one\ntwo\nthree\n"
+    ops.close()
+
+
+def test_append_from_copies_through_a_buffer_smaller_than_the_run(
+    ops: DirOps, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(twinlog._fileops, "_COPY_BUFFER", 7)
+    lines = b"".join(f"line {i}\n".encode() for i in range(100))
+    src = _log_and_source(tmp_path, b"head\n" + lines)
+    assert ops.append_from("twinlog.log", src, 5, len(lines), False) == 4 + len(lines)
+    assert (tmp_path / "twinlog.log").read_bytes() == b"one\n" + lines
+    ops.close()
+
+
+@pytest.mark.parametrize("buffer", [1, 3, 64, 1 << 18])
+def test_count_lines_counts_the_newlines_of_a_range_whatever_the_buffer(
+    ops: DirOps, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, buffer: int
+) -> None:
+    monkeypatch.setattr(twinlog._fileops, "_COPY_BUFFER", buffer)
+    data = b"".join(f"{'x' * (i % 9)}\n".encode() for i in range(50))
+    (tmp_path / "twinlog.cache").write_bytes(data)
+    assert ops.count_lines("twinlog.cache", 0, len(data)) == 50
+    assert ops.count_lines("twinlog.cache", 1, len(data)) == 49  # without the first line
+    assert ops.count_lines("twinlog.cache", 0, len(data) - 1) == 49  # without the last
+    assert ops.count_lines("twinlog.cache", 5, 5) == 0
+    with pytest.raises(OSError):
+        ops.count_lines("twinlog.cache", 0, len(data) + 1)
     ops.close()

@@ -24,6 +24,7 @@ MARKER_FILE = "twinlog.node"
 TORN_FILE = "twinlog.torn"
 
 _READ_BACK = 64 * 1024
+_COPY_BUFFER = 256 * 1024  # a drain's copy and count, in pieces that stay in the CPU's cache
 _SETTLED = 256 * 1024  # at most this much new in the peer's log, for the one-round-trip write
 
 
@@ -274,38 +275,61 @@ class DirOps:
             new = self.read(name, offset, min(1 << 20, start - offset)) if start > offset else b""
         return (False, (start, now_ino, new), has_cache)
 
-    def append_counted_from(  # noqa: PLR0917 - one flat call over the worker's pipe
-        self, name: str, src_path: str, offset: int, length: int, lines: int, fsync: bool
-    ) -> int:
-        """Append ``length`` bytes of ``src_path`` from ``offset`` if they are exactly ``lines``
-        complete lines; return the new size, or -1 (nothing appended) if they are not.
+    def append_from(self, name: str, src_path: str, offset: int, length: int, fsync: bool) -> int:
+        """Append ``length`` bytes of the file ``src_path`` from ``offset``; return the new size,
+        or -1 (nothing appended) if they do not end a line.
 
-        The worker's half of a drain: the caller checked the run's first and last seqs, this
-        counts the lines between them while copying (a gap shows as too few), so the bytes
-        cross no pipe and the caller reads only each block's edges. Failures as :meth:`append`.
+        The worker's half of a drain: the caller checked the run (its first and last seqs, and
+        :meth:`count_lines` between them) under the lock that keeps the source as it is, so the
+        bytes cross no pipe. They go through one reused buffer. Without ``fsync`` (the caller
+        syncs once at the end), their writeback starts at once. Failures as :meth:`append`.
         """
         src = os.open(src_path, os.O_RDONLY | os.O_CLOEXEC)
         try:
+            if length <= 0 or os.pread(src, 1, offset + length - 1) != b"\n":
+                return -1
             with self._appending(name) as (fd, start):
-                count = 0
+                view = memoryview(bytearray(min(_COPY_BUFFER, length)))
                 done = 0
-                last = b""
                 while done < length:
-                    data = os.pread(src, min(1 << 20, length - done), offset + done)
-                    if not data:
+                    got = os.preadv(src, [view[: length - done]], offset + done)
+                    if got <= 0:
                         raise OSError(errno.EIO, f"{src_path}: short of {offset + length}")
-                    count += data.count(b"\n")
-                    last = data[-1:]
-                    _write_all(fd, data)
-                    done += len(data)
-                if count != lines or last != b"\n":
-                    os.ftruncate(fd, start)
-                    return -1
+                    _write_all(fd, view[:got])
+                    done += got
                 if fsync:
                     os.fsync(fd)
+                else:
+                    # A drain's blocks are synced once at its end: have the kernel start
+                    # writing this one back now, so that fsync finds little left to wait for
+                    # (DONTNEED starts writeback of dirty pages and drops them once clean, as
+                    # PostgreSQL's pg_flush_data does where sync_file_range is missing).
+                    # Only a hint: the fsync at the end reports what went wrong.
+                    with contextlib.suppress(OSError):
+                        os.posix_fadvise(fd, start, done, os.POSIX_FADV_DONTNEED)
                 return start + done
         finally:
             os.close(src)
+
+    def count_lines(self, name: str, start: int, end: int) -> int:
+        """The newlines in bytes ``start`` to ``end`` of ``name`` (an ``OSError`` if it is
+        shorter). Read through one reused buffer, which stays in the CPU's cache to be counted:
+        a fresh buffer per read counts at half the speed."""
+        fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=self.dir_fd)
+        try:
+            buffer = bytearray(min(_COPY_BUFFER, max(end - start, 0)))
+            view = memoryview(buffer)
+            count = 0
+            pos = start
+            while pos < end:
+                got = os.preadv(fd, [view[: end - pos]], pos)
+                if got <= 0:
+                    raise OSError(errno.EIO, f"{name}: short of {end}")
+                count += buffer.count(b"\n", 0, got)
+                pos += got
+            return count
+        finally:
+            os.close(fd)
 
     @contextlib.contextmanager
     def _appending(self, name: str) -> Iterator[tuple[int, int]]:
@@ -464,7 +488,7 @@ _OPS = frozenset(
         "lock",
         "unlock",
         "stat",
-        "append_counted_from",
+        "append_from",
         "append_if_settled",
         "read",
         "read_all",
@@ -505,7 +529,7 @@ def _write_chunks(fd: int, start: int, chunks: list[bytes], fsync: bool) -> int:
     return size
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def _write_all(fd: int, data: bytes | memoryview) -> None:
     view = memoryview(data)
     while view:
         written = os.write(fd, view)

@@ -122,19 +122,13 @@ class RemoteOps:
         size: int = self._call("append", name, chunks, fsync)
         return size
 
-    def append_counted_from_later(  # noqa: PLR0917 - mirrors the worker's call
-        self, name: str, src_path: str, offset: int, length: int, lines: int, fsync: bool
+    def append_from_later(
+        self, name: str, src_path: str, offset: int, length: int, fsync: bool
     ) -> Callable[[], int]:
-        """Start :meth:`~twinlog._fileops.DirOps.append_counted_from` in the worker; the
-        returned function waits for it and returns the new size, or -1 (not exactly ``lines``
-        lines: nothing appended)."""
+        """Start :meth:`~twinlog._fileops.DirOps.append_from` in the worker; the returned
+        function waits for it and returns the new size, or -1 (nothing appended)."""
         receive = self.remote.submit(
-            [
-                (
-                    [("append_counted_from", (name, src_path, offset, length, lines, fsync))],
-                    self.io_timeout,
-                )
-            ]
+            [([("append_from", (name, src_path, offset, length, fsync))], self.io_timeout)]
         )
         return lambda: int(receive()[0][0])
 

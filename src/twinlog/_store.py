@@ -533,16 +533,23 @@ class LogStore:
             return None
         return CacheRun(pos, tail_start + end, first, last, tail[max(0, end - _TAIL_BYTES) : end])
 
-    def append_counted_later(self, source: str, run: CacheRun) -> Callable[[], bool] | None:
-        """Have the peer's worker append ``run`` of the local file ``source`` if it is exactly
-        ``last seq - first seq + 1`` lines (the worker counts them while copying). Returns the
-        function that waits for it and accounts for it (False: not such a run, nothing
-        appended), or None if this store cannot (it is not the peer's)."""
-        start = getattr(self.ops, "append_counted_from_later", None)
+    def cache_run_is_whole(self, run: CacheRun) -> bool:
+        """Whether ``run`` holds exactly one line per seq from its first to its last (a crash
+        between a log append and the cache append leaves the cache a line short)."""
+        count_lines = getattr(self.ops, "count_lines", None)
+        if count_lines is None:
+            return False
+        lines: int = count_lines(CACHE_FILE, run.start, run.end)
+        return lines == run.last[1] - run.first[1] + 1
+
+    def append_run_later(self, source: str, run: CacheRun) -> Callable[[], bool] | None:
+        """Have the peer's worker append ``run`` of the local file ``source`` (checked whole by
+        :meth:`cache_run_is_whole`). Returns the function that waits for it and accounts for
+        it (False: nothing appended), or None if this store cannot (it is not the peer's)."""
+        start = getattr(self.ops, "append_from_later", None)
         if start is None:
             return None
-        lines = run.last[1] - run.first[1] + 1
-        finish = start(LOG_FILE, source, run.start, run.end - run.start, lines, False)
+        finish = start(LOG_FILE, source, run.start, run.end - run.start, False)
 
         def done() -> bool:
             size = finish()

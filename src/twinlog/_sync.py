@@ -94,9 +94,11 @@ def _counted_runs(
     src: LogStore, dst: LogStore, origin: str, next_seq: int, want: int, *, cache_path: str
 ) -> tuple[int, int, int]:
     """The fast drain: each block of the local cache is judged by its edges (first and last
-    seq) and the peer's worker copies it, counting its lines on the way (``append_counted``),
-    while this process looks at the next block's edges. Returns where the block-by-block drain
-    must go on (the cache's end when all went this way), the next seq, and the entries moved."""
+    seq) and its line count, and the peer's worker copies it straight from the cache file
+    (``append_run_later``) while this process judges the next block: the two processes share
+    the work, and no byte reaches the peer before its block was found whole. Returns where the
+    block-by-block drain must go on (the cache's end when all went this way), the next seq, and
+    the entries moved."""
     size = src.cache_size()
     pos, planned, moved = 0, next_seq, 0
     pending: tuple[Callable[[], bool], CacheRun] | None = None
@@ -106,12 +108,13 @@ def _counted_runs(
             run.first[0] == origin == run.last[0]
             and run.first[1] == planned
             and planned <= run.last[1] <= want
+            and src.cache_run_is_whole(run)
         ):
             run = None
         if pending is not None:
             finish, done = pending
             pending = None
-            if not finish():  # a gap or a stray line inside: that block goes the slow way
+            if not finish():  # not whole lines after all: that block goes the slow way
                 return done.start, done.first[1], moved
             moved += done.last[1] - done.first[1] + 1
             next_seq = done.last[1] + 1
@@ -119,7 +122,7 @@ def _counted_runs(
                 _failpoints.hit("mid_transfer")
         if run is None:
             return pos, next_seq, moved
-        finish_run = dst.append_counted_later(cache_path, run)
+        finish_run = dst.append_run_later(cache_path, run)
         if finish_run is None:
             return pos, next_seq, moved
         pending = (finish_run, run)
