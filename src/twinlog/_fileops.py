@@ -259,20 +259,20 @@ class DirOps:
         new: bytes | None = None
         try:
             if not has_cache and now_ino == ino and offset <= start <= offset + _SETTLED:
-                new = self.read(name, offset, start - offset)
+                new = _pread_all(fd, offset, start - offset)  # no system call when nothing new
                 if len(new) == start - offset and _as_expected(new, *added):
                     size = _write_chunks(fd, start, chunks, fsync)
+            if size < 0 and new is None:
+                # What tail(name, offset, ...) would answer, from the descriptor just opened.
+                new = _pread_all(fd, offset, min(1 << 20, start - offset))
         except BaseException:
             self._abort_append(name, fd, start)
             raise
         self._end_append(name, fd)
+        assert new is not None
         if size >= 0:
-            assert new is not None
             self.unlock()
             return (True, new, size)
-        # What tail(name, offset, ...) would answer, from the descriptor just opened.
-        if new is None:
-            new = self.read(name, offset, min(1 << 20, start - offset)) if start > offset else b""
         return (False, (start, now_ino, new), has_cache)
 
     def append_from(self, name: str, src_path: str, offset: int, length: int, fsync: bool) -> int:
@@ -344,9 +344,9 @@ class DirOps:
         self._end_append(name, fd)
 
     def _open_append(self, name: str) -> tuple[int, int, int]:
-        """An ``O_APPEND`` descriptor of ``name``, the file's size now and its inode: the one
-        kept open if the name still leads to its file (a rotation renames the log, a drain
-        unlinks the cache), else a new one."""
+        """A readable ``O_APPEND`` descriptor of ``name``, the file's size now and its inode:
+        the one kept open if the name still leads to its file (a rotation renames the log, a
+        drain unlinks the cache), else a new one."""
         if self._pid != os.getpid():  # a forked child opens its own
             self._open_files.clear()
             self._pid = os.getpid()
@@ -360,7 +360,8 @@ class DirOps:
             if st is not None and st.st_ino == ino and st.st_dev == dev:
                 return fd, st.st_size, ino
             self.forget(name)
-        flags = os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC
+        # Readable too: the one-round-trip write reads what was added before it appends.
+        flags = os.O_RDWR | os.O_APPEND | os.O_CLOEXEC
         try:
             # Without O_CREAT when the file exists: creating takes the directory's lock
             # exclusively, and a process queued on that lock behind a call stuck on a dead NFS
