@@ -5,6 +5,7 @@ the worker's pipe, and what the cache lacks taken from the log."""
 
 from __future__ import annotations
 
+import errno
 import itertools
 import os
 from collections.abc import Callable
@@ -16,7 +17,7 @@ import twinlog._store
 from pairlib import Pair, assert_converged, log_ids
 from twinlog._fileops import DirOps
 from twinlog._peer import RemoteOps
-from twinlog.exceptions import PeerError
+from twinlog.exceptions import PeerError, StorageError
 
 
 def _fill_cache(pair: Pair, count: int) -> list[str]:
@@ -141,4 +142,29 @@ def test_drain_copy_that_fails_half_way_is_finished_by_the_next_write(
     e = a.write("next")
     assert a.last_reason == "ok"
     assert log_ids(pair.log_dir("b")) == [*acked, e.id]
+    assert_converged(pair, [*acked, e.id])
+
+
+def test_a_local_read_error_while_pushing_the_cache_is_a_storage_error_and_loses_nothing(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Our own disk failing a read of the cache mid-drain: reconcile() and write() raise the
+    documented StorageError (not a bare OSError), nothing is removed, and once the disk reads
+    again the next reconcile delivers everything once."""
+    acked = _fill_cache(pair, 120)
+    pair.connect("a")
+    a = pair.twin("a")
+
+    def failing(self: DirOps, name: str, start: int, end: int) -> int:
+        raise OSError(errno.EIO, "Input/output error")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(DirOps, "count_lines", failing)
+        with pytest.raises(StorageError, match="cannot read the local cache or log"):
+            a.reconcile()
+        with pytest.raises(StorageError):
+            a.write("while the disk fails")
+    assert (pair.log_dir("a") / "twinlog.cache").exists()
+    assert a.reconcile().pushed == 120
+    e = a.write("after")
     assert_converged(pair, [*acked, e.id])

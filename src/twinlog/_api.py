@@ -543,7 +543,12 @@ class TwinLog:
 
     def _drain_to_peer(self) -> int:
         """4A: the local cache (and anything a crash left undelivered) to the peer's log."""
-        moved = transfer(self._local, self._peer, self.config.node)
+        try:
+            moved = transfer(self._local, self._peer, self.config.node)
+        except PeerError:
+            raise
+        except OSError as exc:  # reading our own cache or log
+            raise StorageError(exc.errno, f"cannot read the local cache or log: {exc}") from exc
         if _failpoints.ACTIVE:
             _failpoints.hit("after_push_append")
         if self._local.cache_exists():
