@@ -541,14 +541,22 @@ class TwinLog:
         except OSError as exc:
             raise StorageError(exc.errno, f"cannot read the local log: {exc.strerror}") from exc
 
-    def _drain_to_peer(self) -> int:
-        """4A: the local cache (and anything a crash left undelivered) to the peer's log."""
+    @staticmethod
+    def _transfer(src: LogStore, dst: LogStore, origin: str, local_part: str) -> int:
+        """:func:`transfer`, with our own directory's failures (``local_part`` says what it
+        does there) as StorageError; the peer's stay PeerError."""
         try:
-            moved = transfer(self._local, self._peer, self.config.node)
+            return transfer(src, dst, origin)
         except PeerError:
             raise
-        except OSError as exc:  # reading our own cache or log
-            raise StorageError(exc.errno, f"cannot read the local cache or log: {exc}") from exc
+        except OSError as exc:
+            raise StorageError(exc.errno, f"cannot {local_part}: {exc}") from exc
+
+    def _drain_to_peer(self) -> int:
+        """4A: the local cache (and anything a crash left undelivered) to the peer's log."""
+        moved = self._transfer(
+            self._local, self._peer, self.config.node, "read the local cache or log"
+        )
         if _failpoints.ACTIVE:
             _failpoints.hit("after_push_append")
         if self._local.cache_exists():
@@ -559,12 +567,7 @@ class TwinLog:
 
     def _drain_from_peer(self, peer_has_cache: bool) -> int:
         """4B: the peer's cache (and anything it left undelivered) to the local log."""
-        try:
-            moved = transfer(self._peer, self._local, self.config.peer)
-        except PeerError:
-            raise
-        except OSError as exc:
-            raise StorageError(exc.errno, f"cannot append to the local log: {exc}") from exc
+        moved = self._transfer(self._peer, self._local, self.config.peer, "append to the local log")
         if _failpoints.ACTIVE:
             _failpoints.hit("after_pull_append")
         if peer_has_cache:
