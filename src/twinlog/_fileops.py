@@ -289,14 +289,8 @@ class DirOps:
             if length <= 0 or os.pread(src, 1, offset + length - 1) != b"\n":
                 return -1
             with self._appending(name) as (fd, start):
-                view = memoryview(bytearray(min(_COPY_BUFFER, length)))
-                done = 0
-                while done < length:
-                    got = os.preadv(src, [view[: length - done]], offset + done)
-                    if got <= 0:
-                        raise OSError(errno.EIO, f"{src_path}: short of {offset + length}")
-                    _write_all(fd, view[:got])
-                    done += got
+                for buffer, got in _pieces(src, offset, offset + length, src_path):
+                    _write_all(fd, memoryview(buffer)[:got])
                 if fsync:
                     os.fsync(fd)
                 else:
@@ -306,8 +300,8 @@ class DirOps:
                     # PostgreSQL's pg_flush_data does where sync_file_range is missing).
                     # Only a hint: the fsync at the end reports what went wrong.
                     with contextlib.suppress(OSError):
-                        os.posix_fadvise(fd, start, done, os.POSIX_FADV_DONTNEED)
-                return start + done
+                        os.posix_fadvise(fd, start, length, os.POSIX_FADV_DONTNEED)
+                return start + length
         finally:
             os.close(src)
 
@@ -317,17 +311,7 @@ class DirOps:
         a fresh buffer per read counts at half the speed."""
         fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=self.dir_fd)
         try:
-            buffer = bytearray(min(_COPY_BUFFER, max(end - start, 0)))
-            view = memoryview(buffer)
-            count = 0
-            pos = start
-            while pos < end:
-                got = os.preadv(fd, [view[: end - pos]], pos)
-                if got <= 0:
-                    raise OSError(errno.EIO, f"{name}: short of {end}")
-                count += buffer.count(b"\n", 0, got)
-                pos += got
-            return count
+            return sum(buffer.count(b"\n", 0, got) for buffer, got in _pieces(fd, start, end, name))
         finally:
             os.close(fd)
 
@@ -516,6 +500,21 @@ def _pread_all(fd: int, offset: int, length: int) -> bytes:
         offset += len(data)
         length -= len(data)
     return b"".join(chunks)
+
+
+def _pieces(fd: int, start: int, end: int, name: str) -> Iterator[tuple[bytearray, int]]:
+    """Bytes ``start`` to ``end`` of ``fd``, read one piece at a time into one reused buffer of
+    at most ``_COPY_BUFFER`` bytes: ``(buffer, bytes in it)`` per piece, valid until the next.
+    An ``OSError`` if the file ends first."""
+    buffer = bytearray(min(_COPY_BUFFER, max(end - start, 0)))
+    view = memoryview(buffer)
+    pos = start
+    while pos < end:
+        got = os.preadv(fd, [view[: end - pos]], pos)
+        if got <= 0:
+            raise OSError(errno.EIO, f"{name}: short of {end}")
+        yield buffer, got
+        pos += got
 
 
 def _write_chunks(fd: int, start: int, chunks: list[bytes], fsync: bool) -> int:
