@@ -16,13 +16,23 @@ from typing import Any
 
 from twinlog._locks import LOCK_FILE, OfdLock, PosixLock
 
-__all__ = ["CACHE_FILE", "LOG_FILE", "MARKER_FILE", "TORN_FILE", "DirOps", "IdentityError"]
+__all__ = [
+    "CACHE_FILE",
+    "CHUNK",
+    "LOG_FILE",
+    "MARKER_FILE",
+    "TORN_FILE",
+    "DirOps",
+    "IdentityError",
+]
 
 LOG_FILE = "twinlog.log"
 CACHE_FILE = "twinlog.cache"
 MARKER_FILE = "twinlog.node"
 TORN_FILE = "twinlog.torn"
 
+#: The most one read of a log returns: a store's reads and the tail a lock stage looks at.
+CHUNK = 1 << 20
 _READ_BACK = 64 * 1024
 _COPY_BUFFER = 256 * 1024  # a drain's copy and count, in pieces that stay in the CPU's cache
 _SETTLED = 256 * 1024  # at most this much new in the peer's log, for the one-round-trip write
@@ -264,7 +274,7 @@ class DirOps:
                     size = _write_chunks(fd, start, chunks, fsync)
             if size < 0 and new is None:
                 # What tail(name, offset, ...) would answer, from the descriptor just opened.
-                new = _pread_all(fd, offset, min(1 << 20, start - offset))
+                new = _pread_all(fd, offset, min(CHUNK, start - offset))
         except BaseException:
             self._abort_append(name, fd, start)
             raise

@@ -5,8 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from twinlog._fileops import CACHE_FILE, LOG_FILE
-from twinlog._store import CHUNK
+from twinlog._fileops import CACHE_FILE, CHUNK, LOG_FILE
 from twinlog._worker import RemoteDir
 
 __all__ = ["RemoteOps"]

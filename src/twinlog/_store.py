@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from twinlog import _failpoints
-from twinlog._fileops import CACHE_FILE, LOG_FILE
+from twinlog._fileops import CACHE_FILE, CHUNK, LOG_FILE
 from twinlog.entry import parse_key
 
 __all__ = [
@@ -34,7 +34,6 @@ __all__ = [
 
 INDEX_FILE = "twinlog.idx"
 SEGMENTS_FILE = "twinlog.segments"
-CHUNK = 1 << 20
 DRAIN_CHUNK = 4 << 20
 CHECKPOINT_EVERY = 1 << 20
 _TAIL_BYTES = 48
