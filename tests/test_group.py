@@ -174,6 +174,19 @@ def test_follower_of_a_leader_that_died_after_assigning_is_an_orphan(name: bytes
     assert (outcome.kind, outcome.assigned) == ("orphan", [(7, "ts")])
 
 
+def test_follower_of_a_leader_that_hangs_after_assigning_is_an_orphan(name: bytes) -> None:
+    """The follower sleeps until the leader hangs up; a leader that assigned and then never
+    answers nor hangs up (stuck in an fsync, say) still leaves it settling as an orphan."""
+    log: list[object] = []
+    t = _leader_thread(name, [("assign", 0), ("done", 2.0)], log)
+    start = time.monotonic()
+    outcome = follow(name, [("m", b"")], 0.3)
+    waited = time.monotonic() - start
+    t.join()
+    assert (outcome.kind, outcome.assigned) == ("orphan", [(7, "ts")])
+    assert waited < 1.5, "a follower waited for a hung leader's answer past its patience"
+
+
 def test_follower_that_gives_up_before_any_assignment_is_never_assigned(name: bytes) -> None:
     log: list[object] = []
     t = _leader_thread(name, [("assign", 0.6)], log)
