@@ -19,6 +19,7 @@ from twinlog import (
 )
 from twinlog.entry import (
     RESERVED_FIELDS,
+    block_marks,
     check_message,
     decode_line,
     encode_entry,
@@ -146,6 +147,68 @@ def test_parse_key_rejects_non_entries() -> None:
     assert parse_key(b'{"id":"a:x"}\n') is None
     assert parse_key(b"[1,2]\n") is None
     assert decode_line(b'{"id":"a:2","node":"a","seq":1,"ts":"t","msg":"m"}') is None
+
+
+def _marks_line_by_line(block: bytes) -> tuple[dict[str, int], str]:
+    hwm: dict[str, int] = {}
+    max_ts = ""
+    for line in block.splitlines(keepends=True):
+        key = parse_key(line)
+        if key is not None:
+            if key[1] > hwm.get(key[0], 0):
+                hwm[key[0]] = key[1]
+            max_ts = max(max_ts, key[2])
+    return hwm, max_ts
+
+
+_ENTRY_LINES = st.builds(
+    lambda node, seq, micros, msg: encode_entry(node, seq, format_ts(micros), msg, b""),
+    st.sampled_from(["a", "b", "node-1", "x.y"]),
+    st.integers(min_value=0, max_value=10**12),
+    st.integers(min_value=0, max_value=4_102_444_800_000_000),
+    st.text(max_size=20).filter(lambda m: not any(0xD800 <= ord(c) <= 0xDFFF for c in m)),
+)
+# Lines the fast scan must not misread: other key orders, odd ids and stamps, torn heads,
+# non-entries. Each is what parse_key makes of it, line by line.
+_ODD_LINES = st.sampled_from(
+    [
+        b'{"node":"a","id":"a:9","seq":9,"ts":"2026-01-01T00:00:00.000009Z","msg":"m"}\n',
+        b'{"id":"a:b:12","node":"a:b","seq":12,"ts":"2026-01-01T00:00:00.000012Z","msg":""}\n',
+        b'{"id":"a:07","node":"a","seq":7,"ts":"2026-01-01T00:00:00.000007Z","msg":""}\n',
+        b'{"id":"a:5","node":"a","seq":5,"ts":"2026-01-01T00:00:00.000005X","msg":""}\n',
+        b'{"id":"\xc3\xa9:5","node":"\xc3\xa9","seq":5,"ts":"2026-01-01T00:00:00.000005Z"}\n',
+        b'{"id":"a:6","node":"a","seq":6,"ts":"2026-01-01T00:00:00.000006X","msg":""\n',
+        b'{"id":"a:8","node":"a","seq":8,"ts":"2026-01-01T00:00:00.0000080Z","msg":""}\n',
+        b'{"id":"a:99","node":"a","seq":99,"ts":"2026-01-01T00:00:00.000099Z"\n',
+        b'{"id":"a:1","node":"a","seq":1,"ts":"2026-01-01T00:00:00.000001Z","msg":"m"} x\n',
+        b'{"x":{"id":"a:77","node":"a","seq":77,"ts":"2026-01-01T00:00:00.000077Z"}}\n',
+        b"not json\n",
+        b"\n",
+        b"[1,2]\n",
+        b'{"id":"a:x"}\n',
+    ]
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(_ENTRY_LINES, _ENTRY_LINES, _ODD_LINES), max_size=30))
+def test_block_marks_are_what_parse_key_finds_line_by_line(lines: list[bytes]) -> None:
+    block = b"".join(lines)
+    assert block_marks(block) == _marks_line_by_line(block)
+
+
+def test_block_marks_of_well_formed_lines_take_the_fast_scan() -> None:
+    """Every line with encode_entry's head: the highest seq per origin, the greatest stamp
+    (not the last: a drain appends the peer's older entries after ours)."""
+    block = b"".join(
+        [
+            encode_entry("a", 1, "2026-01-01T00:00:00.000003Z", "m", b""),
+            encode_entry("b", 8, "2026-01-01T00:00:00.000009Z", "m", b'"k":1'),
+            encode_entry("a", 2, "2026-01-01T00:00:00.000004Z", "m\nx", b""),
+        ]
+    )
+    assert block_marks(block) == ({"a": 2, "b": 8}, "2026-01-01T00:00:00.000009Z")
+    assert block_marks(b"") == ({}, "")
 
 
 @given(st.integers(min_value=0, max_value=4_102_444_800_000_000))

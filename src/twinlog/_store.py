@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 from twinlog import _failpoints
 from twinlog._fileops import CACHE_FILE, CHUNK, LOG_FILE
-from twinlog.entry import parse_key
+from twinlog.entry import block_marks, parse_key
 
 __all__ = [
     "INDEX_FILE",
@@ -74,15 +74,13 @@ class LogState:
     torn: bool = False
     segment: int = 0  # the newest rotated segment's number when this state was built
 
-    def absorb(self, lines: list[bytes]) -> None:
-        for line in lines:
-            key = parse_key(line)
-            if key is None:
-                continue
-            node, seq, ts = key
+    def absorb(self, block: bytes) -> None:
+        """Account for ``block``, complete lines read or written after what was seen."""
+        hwm, max_ts = block_marks(block)
+        for node, seq in hwm.items():
             if seq > self.hwm.get(node, 0):
                 self.hwm[node] = seq
-            self.max_ts = max(self.max_ts, ts)
+        self.max_ts = max(self.max_ts, max_ts)
 
 
 def split_lines(data: bytes) -> tuple[list[bytes], int]:
@@ -148,20 +146,21 @@ class LogStore:
     def _consume(self, state: LogState, data: bytes, size: int) -> None:
         """Absorb ``data`` (read at ``state.offset``) and whatever follows up to ``size``."""
         while True:
-            lines, used = split_lines(data)
-            if lines:
-                state.absorb(lines)
+            used = data.rfind(b"\n") + 1
+            if used:
+                block = data[:used] if used < len(data) else data
+                state.absorb(block)
                 state.offset += used
-                state.tail = (state.tail + data[:used])[-_TAIL_BYTES:]
+                state.tail = (state.tail + block[-_TAIL_BYTES:])[-_TAIL_BYTES:]
             if state.offset >= size:
                 state.torn = False
                 return
-            if not lines and len(data) < CHUNK:
+            if not used and len(data) < CHUNK:
                 # Bytes after the last newline, and nothing more to read: a torn line (a writer
                 # died mid-append) or, without the lock, one being written right now.
                 state.torn = True
                 return
-            if not lines:
+            if not used:
                 data = data + self.ops.read(LOG_FILE, state.offset + len(data), CHUNK)
                 continue
             data = self.ops.read(LOG_FILE, state.offset, CHUNK)
@@ -230,7 +229,7 @@ class LogStore:
 
     def _scan_into(self, state: LogState, name: str) -> None:
         for lines in self.iter_lines(name, 0, None):
-            state.absorb(lines)
+            state.absorb(b"".join(lines))
 
     def checkpoint_due(self, extra: int = 0) -> bool:
         """Whether the log has grown (or will have, by ``extra`` bytes) past the checkpoint."""
@@ -406,7 +405,7 @@ class LogStore:
         if mark is not None:
             self._account_run(size, *mark, b"".join(lines[-2:]))
             return
-        state.absorb(lines)
+        state.absorb(b"".join(lines))
         state.tail = (state.tail + b"".join(lines[-2:]))[-_TAIL_BYTES:]
         state.offset = size
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import re
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -22,7 +23,15 @@ from twinlog.exceptions import (
     ReservedFieldError,
 )
 
-__all__ = ["RESERVED_FIELDS", "Entry", "decode_line", "encode_entry", "id_prefix", "parse_key"]
+__all__ = [
+    "RESERVED_FIELDS",
+    "Entry",
+    "block_marks",
+    "decode_line",
+    "encode_entry",
+    "id_prefix",
+    "parse_key",
+]
 
 #: Names an extra field may not take: they identify or order the entry.
 RESERVED_FIELDS = frozenset({"id", "node", "seq", "ts", "msg", "hlc", "origin"})
@@ -30,6 +39,14 @@ RESERVED_FIELDS = frozenset({"id", "node", "seq", "ts", "msg", "hlc", "origin"})
 _PREFIX = b'{"id":"'
 _TS_KEY = b'"ts":"'
 _TS_LEN = len("2026-01-01T00:00:00.000000Z")
+# The head of a line as encode_entry writes it, matched after the newline before it (the block
+# gets one in front): a literal start the regex engine jumps between, instead of trying ``^`` at
+# every byte; no class admits a newline, so a match is one line's head. Node, seq and ts, which
+# are then what parse_key reads from that line.
+_HEAD_RE = re.compile(
+    rb'\n\{"id":"([!#-~]*):([0-9]+)","node":"[^"\n]*","seq":[0-9]+,'
+    rb'"ts":"([!#-~]{%d}Z)"' % (_TS_LEN - 1)
+)
 # What json.dumps(..., ensure_ascii=False) uses for a str (the C version), without building an
 # encoder per call; one shared encoder for extra fields, for the same reason.
 _json_str = json.encoder.encode_basestring
@@ -171,6 +188,36 @@ def parse_key(line: bytes) -> tuple[str, int, str] | None:
                 return node, seq, ts
     entry = decode_line(line)
     return None if entry is None else (entry.node, entry.seq, entry.ts)
+
+
+def block_marks(block: bytes) -> tuple[dict[str, int], str]:
+    """For ``block``, complete lines: the highest seq of each origin and the greatest ts of its
+    entries (``""`` if none), as :func:`parse_key` on each line would find them.
+
+    One regular-expression pass in C when every line has the head :func:`encode_entry` writes
+    (a group commit's refresh reads hundreds of other processes' lines per commit); line by
+    line otherwise.
+    """
+    heads = _HEAD_RE.findall(b"\n" + block)
+    hwm: dict[str, int] = {}
+    if len(heads) == block.count(b"\n"):
+        top: dict[bytes, int] = {}
+        for node, seq, _ts in heads:
+            number = int(seq)
+            if number > top.get(node, 0):
+                top[node] = number
+        hwm = {node.decode("ascii"): number for node, number in top.items()}
+        return hwm, max((h[2] for h in heads), default=b"").decode("ascii")
+    max_ts = ""
+    for line in block.splitlines(keepends=True):
+        key = parse_key(line)
+        if key is None:
+            continue
+        node, number, ts = key
+        if number > hwm.get(node, 0):
+            hwm[node] = number
+        max_ts = max(max_ts, ts)
+    return hwm, max_ts
 
 
 def decode_line(line: bytes) -> Entry | None:
