@@ -26,6 +26,7 @@ from twinlog.exceptions import (
 __all__ = [
     "RESERVED_FIELDS",
     "Entry",
+    "block_heads",
     "block_marks",
     "decode_line",
     "encode_entry",
@@ -190,17 +191,25 @@ def parse_key(line: bytes) -> tuple[str, int, str] | None:
     return None if entry is None else (entry.node, entry.seq, entry.ts)
 
 
+def block_heads(block: bytes) -> list[tuple[bytes, bytes, bytes]] | None:
+    """For ``block``, complete lines that all have the head :func:`encode_entry` writes: each
+    line's node, seq and ts as bytes, in order, found by one regular-expression pass in C
+    (what :func:`parse_key` would read from each). None if any line lacks that head."""
+    heads: list[tuple[bytes, bytes, bytes]] = _HEAD_RE.findall(b"\n" + block)
+    return heads if len(heads) == block.count(b"\n") else None
+
+
 def block_marks(block: bytes) -> tuple[dict[str, int], str]:
     """For ``block``, complete lines: the highest seq of each origin and the greatest ts of its
     entries (``""`` if none), as :func:`parse_key` on each line would find them.
 
-    One regular-expression pass in C when every line has the head :func:`encode_entry` writes
+    One pass of :func:`block_heads` when every line has the head :func:`encode_entry` writes
     (a group commit's refresh reads hundreds of other processes' lines per commit); line by
     line otherwise.
     """
-    heads = _HEAD_RE.findall(b"\n" + block)
+    heads = block_heads(block)
     hwm: dict[str, int] = {}
-    if len(heads) == block.count(b"\n"):
+    if heads is not None:
         top: dict[bytes, int] = {}
         for node, seq, _ts in heads:
             number = int(seq)
@@ -213,9 +222,9 @@ def block_marks(block: bytes) -> tuple[dict[str, int], str]:
         key = parse_key(line)
         if key is None:
             continue
-        node, number, ts = key
-        if number > hwm.get(node, 0):
-            hwm[node] = number
+        origin, number, ts = key
+        if number > hwm.get(origin, 0):
+            hwm[origin] = number
         max_ts = max(max_ts, ts)
     return hwm, max_ts
 
