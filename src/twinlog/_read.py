@@ -97,12 +97,12 @@ def origin_seqs(store: LogStore, files: list[tuple[str, int | None]], origin: st
     line without the usual head."""
     own = origin.encode("ascii")  # node names are plain ASCII (config.NODE_NAME_PATTERN)
     for name, end in files:
-        for lines in store.iter_lines(name, 0, end):
-            heads = block_heads(b"".join(lines))
+        for block in store.iter_blocks(name, 0, end):
+            heads = block_heads(block)
             if heads is not None:
                 yield from [int(seq) for node, seq, _ts in heads if node == own]
                 continue
-            for line in lines:
+            for line in block.splitlines(keepends=True):
                 key = parse_key(line)
                 if key is not None and key[0] == origin:
                     yield key[1]

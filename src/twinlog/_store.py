@@ -29,7 +29,6 @@ __all__ = [
     "LogStore",
     "Ops",
     "segment_name",
-    "split_lines",
 ]
 
 INDEX_FILE = "twinlog.idx"
@@ -81,14 +80,6 @@ class LogState:
             if seq > self.hwm.get(node, 0):
                 self.hwm[node] = seq
         self.max_ts = max(self.max_ts, max_ts)
-
-
-def split_lines(data: bytes) -> tuple[list[bytes], int]:
-    """Complete lines (with their newline) of ``data``, and how many bytes they span."""
-    end = data.rfind(b"\n") + 1
-    if end == 0:
-        return [], 0
-    return data[:end].splitlines(keepends=True), end
 
 
 @dataclass(frozen=True)
@@ -228,8 +219,8 @@ class LogStore:
         return LogState(offset=offset, hwm=hwm, max_ts=max_ts, tail=tail, checkpoint_offset=offset)
 
     def _scan_into(self, state: LogState, name: str) -> None:
-        for lines in self.iter_lines(name, 0, None):
-            state.absorb(b"".join(lines))
+        for block in self.iter_blocks(name, 0, None):
+            state.absorb(block)
 
     def checkpoint_due(self, extra: int = 0) -> bool:
         """Whether the log has grown (or will have, by ``extra`` bytes) past the checkpoint."""
@@ -564,9 +555,10 @@ class LogStore:
         path = getattr(self.ops, "local_path", None)
         return path(name) if path is not None else None
 
-    def iter_lines(self, name: str, offset: int, end: int | None) -> Iterator[list[bytes]]:
-        """Complete lines of ``name`` from ``offset`` to ``end`` (None: the end), in chunks; a
-        last line without its newline (torn, or being written) is never yielded."""
+    def iter_blocks(self, name: str, offset: int, end: int | None) -> Iterator[bytes]:
+        """Complete lines of ``name`` from ``offset`` to ``end`` (None: the end), a block of
+        whole lines per read; a last line without its newline (torn, or being written) is never
+        yielded."""
         rest = b""
         while end is None or offset < end:
             want = CHUNK if end is None else min(CHUNK, end - offset)
@@ -574,10 +566,16 @@ class LogStore:
             if not data:
                 return
             offset += len(data)
-            lines, used = split_lines(rest + data)
-            rest = (rest + data)[used:]
-            if lines:
-                yield lines
+            data = rest + data
+            used = data.rfind(b"\n") + 1
+            rest = data[used:]
+            if used:
+                yield data[:used] if rest else data
+
+    def iter_lines(self, name: str, offset: int, end: int | None) -> Iterator[list[bytes]]:
+        """:meth:`iter_blocks`, each block split into its lines."""
+        for block in self.iter_blocks(name, offset, end):
+            yield block.splitlines(keepends=True)
 
     def iter_origin_after(self, origin: str, after_seq: int) -> Iterator[list[bytes]]:
         """Lines of ``origin`` with seq > ``after_seq``, in log order, across segments.

@@ -208,15 +208,15 @@ def block_marks(block: bytes) -> tuple[dict[str, int], str]:
     line otherwise.
     """
     heads = block_heads(block)
-    hwm: dict[str, int] = {}
     if heads is not None:
         top: dict[bytes, int] = {}
         for node, seq, _ts in heads:
             number = int(seq)
             if number > top.get(node, 0):
                 top[node] = number
-        hwm = {node.decode("ascii"): number for node, number in top.items()}
-        return hwm, max((h[2] for h in heads), default=b"").decode("ascii")
+        max_head_ts = max((h[2] for h in heads), default=b"")
+        return {node.decode("ascii"): n for node, n in top.items()}, max_head_ts.decode("ascii")
+    hwm: dict[str, int] = {}
     max_ts = ""
     for line in block.splitlines(keepends=True):
         key = parse_key(line)
