@@ -17,6 +17,8 @@ ROW_KEYS = (
     "single.peer_up.floor2",
     "single.peer_down.p50",
     "single.peer_down.p99",
+    "overhead.peer_up",
+    "overhead.peer_down",
     "concurrent.one_node.1",
     "concurrent.one_node.2",
     "concurrent.one_node.4",

@@ -12,15 +12,18 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import subprocess
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 from benchmarks._env import Row, bench_pair, percentile
 from twinlog import TwinLog
 from twinlog.entry import check_message, encode_entry
 
-__all__ = ["FIELDS", "MESSAGE", "run_latency", "run_probe"]
+__all__ = ["FIELDS", "MESSAGE", "Single", "run_latency", "run_overhead", "run_probe"]
 
 MESSAGE = "cluster resource db-primary moved from node a to node b after a health-check failure"
 FIELDS = {"level": "WARNING", "component": "pacemaker"}
@@ -156,9 +159,19 @@ def _rows(
     return rows
 
 
-def run_latency(base: Path, samples: int) -> tuple[list[Row], float]:
-    """The peer-up and peer-down rows, and the peer-up p50 of ``write()`` in seconds."""
+class Single(NamedTuple):
+    """What :func:`run_latency` measured: its rows, the peer-up p50 of ``write()`` and the p50
+    of the raw pair of appends per side (``peer_up``, ``peer_down``), in seconds."""
+
+    rows: list[Row]
+    write_p50: float
+    raw_pairs: dict[str, float]
+
+
+def run_latency(base: Path, samples: int) -> Single:
+    """The peer-up and peer-down rows (see :class:`Single`)."""
     rows: list[Row] = []
+    raw_pairs: dict[str, float] = {}
     with bench_pair(base, "single") as pair:
         with pair.twin("a") as log:
             local, remote = pair.log_dir("a"), pair.peer_dir("a")
@@ -183,6 +196,7 @@ def run_latency(base: Path, samples: int) -> tuple[list[Row], float]:
             f"; {one_trip} of {len(ours) + 1} writes in one round trip to the peer",
         )
         write_p50 = percentile(ours, 50)
+        raw_pairs["peer_up"] = percentile(raw, 50)
         b = percentile(raw, 50) * 1e3
         for key, series, label, note in (
             (
@@ -221,7 +235,88 @@ def run_latency(base: Path, samples: int) -> tuple[list[Row], float]:
             )
             assert log.last_reason == "not_mounted", log.last_reason
         rows += _rows("single.peer_down", "1 writer, peer down", ours, raw)
-    return rows, write_p50
+        raw_pairs["peer_down"] = percentile(raw, 50)
+    return Single(rows, write_p50, raw_pairs)
+
+
+@contextlib.contextmanager
+def _tmpfs(base: Path) -> Iterator[Path]:
+    """A fresh tmpfs mounted under ``base``: files whose fsync costs nothing."""
+    where = Path(tempfile.mkdtemp(prefix="tmpfs-", dir=base))
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=256m,mode=0700", "twinlog-bench", os.fspath(where)],
+        check=True,
+        capture_output=True,
+    )
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", os.fspath(where)], check=False, capture_output=True)
+        with contextlib.suppress(OSError):
+            where.rmdir()
+
+
+def run_overhead(base: Path, samples: int, raw_pairs: dict[str, float]) -> list[Row]:
+    """The single-writer rows again with both directories on tmpfs, where fsync is free: what
+    a ``write()`` costs outside the disk (Python, system calls, the round trip to the peer
+    worker, wake-ups), against the raw appends (a few microseconds there). Free of the disk's
+    noise, these rows are the ones to compare when changing the write path.
+
+    Hot, too: nothing sleeps in an fsync, so the CPU's caches stay warm. With ``raw_pairs``
+    (the p50 of the raw pair per side on ``base``, from :func:`run_latency`), the note says
+    what the same write spent above its raw pair there, for comparison."""
+    rows: list[Row] = []
+    with _tmpfs(base) as fast, bench_pair(fast, "overhead") as pair:
+        local, remote = pair.log_dir("a"), pair.peer_dir("a")
+        with pair.twin("a") as log:
+            up, (raw_up, floor) = _interleaved_with(
+                log,
+                [
+                    _raw_appender([local / "bench-raw.log", remote / "bench-raw.log"]),
+                    _helper_appender(local / "bench-floor.log", remote / "bench-floor.log"),
+                ],
+                samples,
+            )
+            assert log.last_reason == "ok", log.last_reason
+        pair.cut("a")
+        with pair.twin("a") as log:
+            down, raw_down = _interleaved(
+                log, [local / "bench-raw2.log", local / "bench-raw2.cache"], samples
+            )
+            assert log.last_reason == "not_mounted", log.last_reason
+    floor_p50 = percentile(floor, 50)
+    for side, label, ours, raw, extra in (
+        (
+            "peer_up",
+            "1 writer, peer up, on tmpfs (fsync free): write() p50",
+            up,
+            raw_up,
+            f" (the helper-process floor: {floor_p50 * 1e6:.0f} us)",
+        ),
+        (
+            "peer_down",
+            "1 writer, peer down, on tmpfs (fsync free): write() p50",
+            down,
+            raw_down,
+            "",
+        ),
+    ):
+        cost = percentile(ours, 50) - percentile(raw, 50)
+        note = f"{cost * 1e6:.0f} us outside the disk{extra}"
+        here = raw_pairs.get(side)
+        if here is not None:
+            note += f"; within 1.2x of the raw pair on {base} ({here * 1e3:.3f} ms) leaves "
+            note += f"{here * 0.2 * 1e6:.0f} us"
+        rows.append(
+            Row(
+                key=f"overhead.{side}",
+                label=label,
+                twinlog=f"{percentile(ours, 50) * 1e6:.0f} us",
+                baseline=f"{percentile(raw, 50) * 1e6:.0f} us",
+                note=note,
+            )
+        )
+    return rows
 
 
 def _probe_once(log: TwinLog) -> None:

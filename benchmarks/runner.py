@@ -18,12 +18,12 @@ from pathlib import Path
 from benchmarks import ROW_KEYS
 from benchmarks._env import Row, can_bind_mount, machine_description
 from benchmarks.bigdata import run_drain, run_read_verify
-from benchmarks.latency import run_latency, run_probe
+from benchmarks.latency import run_latency, run_overhead, run_probe
 from benchmarks.throughput import run_throughput
 
 __all__ = ["format_markdown", "format_text", "main", "run_all"]
 
-SECTIONS = ("single", "concurrent", "drain", "read", "probe")
+SECTIONS = ("single", "overhead", "concurrent", "drain", "read", "probe")
 
 
 def run_all(
@@ -39,11 +39,16 @@ def run_all(
     say = progress or (lambda _text: None)
     rows: list[Row] = []
     write_p50 = float("nan")
+    raw_pairs: dict[str, float] = {}
     if "single" in sections or "probe" in sections:
         say(f"single writer: {samples} writes per side, peer up then down")
-        single, write_p50 = run_latency(base, samples)
+        single = run_latency(base, samples)
+        write_p50, raw_pairs = single.write_p50, single.raw_pairs
         if "single" in sections:
-            rows += single
+            rows += single.rows
+    if "overhead" in sections:
+        say(f"single writer on tmpfs: {samples} writes per side, peer up then down")
+        rows += run_overhead(base, samples, raw_pairs)
     if "concurrent" in sections:
         say(f"concurrent writers: {duration:g} s per row")
         rows += run_throughput(base, duration)
