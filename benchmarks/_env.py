@@ -26,6 +26,7 @@ __all__ = [
     "machine_description",
     "percentile",
     "run_child",
+    "tmpfs",
 ]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -143,6 +144,21 @@ def bench_pair(base: Path, name: str, **overrides: Any) -> Iterator[BenchPair]:
     finally:
         pair.unmount_all()
         shutil.rmtree(root, ignore_errors=True)
+
+
+@contextmanager
+def tmpfs(base: Path) -> Iterator[Path]:
+    """A fresh tmpfs mounted under ``base`` (files whose fsync costs nothing); unmounted and
+    removed after."""
+    where = Path(tempfile.mkdtemp(prefix="tmpfs-", dir=base))
+    try:
+        _run("mount", "-t", "tmpfs", "-o", "size=256m,mode=0700", "twinlog-bench", os.fspath(where))
+        try:
+            yield where
+        finally:
+            _run("umount", "-l", os.fspath(where))
+    finally:
+        shutil.rmtree(where, ignore_errors=True)
 
 
 def can_bind_mount(base: Path) -> bool:

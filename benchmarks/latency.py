@@ -12,18 +12,16 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import subprocess
-import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
-from benchmarks._env import Row, bench_pair, percentile
+from benchmarks._env import Row, bench_pair, percentile, tmpfs
 from twinlog import TwinLog
 from twinlog.entry import check_message, encode_entry
 
-__all__ = ["FIELDS", "MESSAGE", "Single", "run_latency", "run_overhead", "run_probe"]
+__all__ = ["FIELDS", "MESSAGE", "Series", "run_latency", "run_overhead", "run_probe"]
 
 MESSAGE = "cluster resource db-primary moved from node a to node b after a health-check failure"
 FIELDS = {"level": "WARNING", "component": "pacemaker"}
@@ -159,23 +157,30 @@ def _rows(
     return rows
 
 
-class Single(NamedTuple):
-    """What :func:`run_latency` measured: its rows, the peer-up p50 of ``write()`` and the p50
-    of the raw pair of appends per side (``peer_up``, ``peer_down``), in seconds."""
+class Series(NamedTuple):
+    """The single-writer latencies of one run, in seconds: peer up (``write()``, the raw pair,
+    the helper-process floor, the floor with a look first; how many writes made one round trip
+    to the peer), then peer down (``write()``, the raw pair). Alternated in blocks."""
 
-    rows: list[Row]
-    write_p50: float
-    raw_pairs: dict[str, float]
+    up: list[float]
+    raw_up: list[float]
+    floor: list[float]
+    floor2: list[float]
+    one_trip: int
+    down: list[float]
+    raw_down: list[float]
+
+    def p50(self, name: str) -> float:
+        series: list[float] = getattr(self, name)
+        return percentile(series, 50)
 
 
-def run_latency(base: Path, samples: int) -> Single:
-    """The peer-up and peer-down rows (see :class:`Single`)."""
-    rows: list[Row] = []
-    raw_pairs: dict[str, float] = {}
-    with bench_pair(base, "single") as pair:
+def _measure(base: Path, name: str, samples: int) -> Series:
+    """Node a of a fresh pair under ``base``: peer up, then with the mount removed."""
+    with bench_pair(base, name) as pair:
+        local, remote = pair.log_dir("a"), pair.peer_dir("a")
         with pair.twin("a") as log:
-            local, remote = pair.log_dir("a"), pair.peer_dir("a")
-            ours, (raw, floor, floor2) = _interleaved_with(
+            up, (raw_up, floor, floor2) = _interleaved_with(
                 log,
                 [
                     _raw_appender([local / "bench-raw.log", remote / "bench-raw.log"]),
@@ -188,131 +193,86 @@ def run_latency(base: Path, samples: int) -> Single:
             )
             assert log.last_reason == "ok", log.last_reason
             one_trip = log.peer_worker_stats()["one_trip"]
-        rows += _rows(
-            "single.peer_up",
-            "1 writer, peer up",
-            ours,
-            raw,
-            f"; {one_trip} of {len(ours) + 1} writes in one round trip to the peer",
-        )
-        write_p50 = percentile(ours, 50)
-        raw_pairs["peer_up"] = percentile(raw, 50)
-        b = percentile(raw, 50) * 1e3
-        for key, series, label, note in (
-            (
-                "single.peer_up.floor",
-                floor,
-                "raw with the peer append in a helper process (p50)",
-                "the same appends, the second one a pipe round trip away: the floor of "
-                "killable peer I/O, and the shape of a write with nothing to drain; write() "
-                f"p50 is {write_p50 / percentile(floor, 50):.2f}x this",
-            ),
-            (
-                "single.peer_up.floor2",
-                floor2,
-                "raw with a look at the helper first, then both appends (p50)",
-                "two round trips (look at the peer, append here, append there): the shape of "
-                "a write that has to look first",
-            ),
-        ):
-            a = percentile(series, 50) * 1e3
-            rows.append(
-                Row(
-                    key=key,
-                    label=f"1 writer, peer up: {label}",
-                    twinlog=f"{a:.3f} ms",
-                    baseline=f"{b:.3f} ms",
-                    ratio=a / b,
-                    note=note,
-                )
-            )
-        pair.cut("a")
-        with pair.twin("a") as log:
-            ours, raw = _interleaved(
-                log,
-                [pair.log_dir("a") / "bench-raw.log", pair.log_dir("a") / "bench-raw.cache"],
-                samples,
-            )
-            assert log.last_reason == "not_mounted", log.last_reason
-        rows += _rows("single.peer_down", "1 writer, peer down", ours, raw)
-        raw_pairs["peer_down"] = percentile(raw, 50)
-    return Single(rows, write_p50, raw_pairs)
-
-
-@contextlib.contextmanager
-def _tmpfs(base: Path) -> Iterator[Path]:
-    """A fresh tmpfs mounted under ``base``: files whose fsync costs nothing."""
-    where = Path(tempfile.mkdtemp(prefix="tmpfs-", dir=base))
-    subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=256m,mode=0700", "twinlog-bench", os.fspath(where)],
-        check=True,
-        capture_output=True,
-    )
-    try:
-        yield where
-    finally:
-        subprocess.run(["umount", "-l", os.fspath(where)], check=False, capture_output=True)
-        with contextlib.suppress(OSError):
-            where.rmdir()
-
-
-def run_overhead(base: Path, samples: int, raw_pairs: dict[str, float]) -> list[Row]:
-    """The single-writer rows again with both directories on tmpfs, where fsync is free: what
-    a ``write()`` costs outside the disk (Python, system calls, the round trip to the peer
-    worker, wake-ups), against the raw appends (a few microseconds there). Free of the disk's
-    noise, these rows are the ones to compare when changing the write path.
-
-    Hot, too: nothing sleeps in an fsync, so the CPU's caches stay warm. With ``raw_pairs``
-    (the p50 of the raw pair per side on ``base``, from :func:`run_latency`), the note says
-    what the same write spent above its raw pair there, for comparison."""
-    rows: list[Row] = []
-    with _tmpfs(base) as fast, bench_pair(fast, "overhead") as pair:
-        local, remote = pair.log_dir("a"), pair.peer_dir("a")
-        with pair.twin("a") as log:
-            up, (raw_up, floor) = _interleaved_with(
-                log,
-                [
-                    _raw_appender([local / "bench-raw.log", remote / "bench-raw.log"]),
-                    _helper_appender(local / "bench-floor.log", remote / "bench-floor.log"),
-                ],
-                samples,
-            )
-            assert log.last_reason == "ok", log.last_reason
         pair.cut("a")
         with pair.twin("a") as log:
             down, raw_down = _interleaved(
-                log, [local / "bench-raw2.log", local / "bench-raw2.cache"], samples
+                log, [local / "bench-raw.log", local / "bench-raw.cache"], samples
             )
             assert log.last_reason == "not_mounted", log.last_reason
-    floor_p50 = percentile(floor, 50)
-    for side, label, ours, raw, extra in (
+    return Series(up, raw_up, floor, floor2, one_trip, down, raw_down)
+
+
+def run_latency(base: Path, samples: int) -> tuple[list[Row], Series]:
+    """The peer-up and peer-down rows, and the latencies they come from."""
+    m = _measure(base, "single", samples)
+    rows = _rows(
+        "single.peer_up",
+        "1 writer, peer up",
+        m.up,
+        m.raw_up,
+        f"; {m.one_trip} of {len(m.up) + 1} writes in one round trip to the peer",
+    )
+    b = m.p50("raw_up") * 1e3
+    for key, series, label, note in (
         (
-            "peer_up",
-            "1 writer, peer up, on tmpfs (fsync free): write() p50",
-            up,
-            raw_up,
-            f" (the helper-process floor: {floor_p50 * 1e6:.0f} us)",
+            "single.peer_up.floor",
+            "floor",
+            "raw with the peer append in a helper process (p50)",
+            "the same appends, the second one a pipe round trip away: the floor of "
+            "killable peer I/O, and the shape of a write with nothing to drain; write() "
+            f"p50 is {m.p50('up') / m.p50('floor'):.2f}x this",
         ),
         (
-            "peer_down",
-            "1 writer, peer down, on tmpfs (fsync free): write() p50",
-            down,
-            raw_down,
-            "",
+            "single.peer_up.floor2",
+            "floor2",
+            "raw with a look at the helper first, then both appends (p50)",
+            "two round trips (look at the peer, append here, append there): the shape of "
+            "a write that has to look first",
         ),
     ):
-        cost = percentile(ours, 50) - percentile(raw, 50)
-        note = f"{cost * 1e6:.0f} us outside the disk{extra}"
-        here = raw_pairs.get(side)
-        if here is not None:
+        a = m.p50(series) * 1e3
+        rows.append(
+            Row(
+                key=key,
+                label=f"1 writer, peer up: {label}",
+                twinlog=f"{a:.3f} ms",
+                baseline=f"{b:.3f} ms",
+                ratio=a / b,
+                note=note,
+            )
+        )
+    rows += _rows("single.peer_down", "1 writer, peer down", m.down, m.raw_down)
+    return rows, m
+
+
+def run_overhead(base: Path, samples: int, on_base: Series | None) -> list[Row]:
+    """The single-writer series again with both directories on tmpfs, where fsync is free:
+    what a ``write()`` costs outside the disk (Python, system calls, the round trip to the peer
+    worker, wake-ups), against the raw appends (a few microseconds there). Free of the disk's
+    noise, these rows are the ones to compare when changing the write path.
+
+    Hot, too: nothing sleeps in an fsync, so the CPU's caches stay warm. With ``on_base`` (the
+    same series measured on ``base`` by :func:`run_latency`), the note says what 1.2x of the
+    raw pair there leaves for that cost."""
+    with tmpfs(base) as fast:
+        m = _measure(fast, "overhead", samples)
+    rows: list[Row] = []
+    for side, extra in (
+        ("up", f" (the helper-process floor: {m.p50('floor') * 1e6:.0f} us)"),
+        ("down", ""),
+    ):
+        ours, raw = m.p50(side), m.p50(f"raw_{side}")
+        note = f"{(ours - raw) * 1e6:.0f} us outside the disk{extra}"
+        if on_base is not None:
+            here = on_base.p50(f"raw_{side}")
             note += f"; within 1.2x of the raw pair on {base} ({here * 1e3:.3f} ms) leaves "
             note += f"{here * 0.2 * 1e6:.0f} us"
         rows.append(
             Row(
-                key=f"overhead.{side}",
-                label=label,
-                twinlog=f"{percentile(ours, 50) * 1e6:.0f} us",
-                baseline=f"{percentile(raw, 50) * 1e6:.0f} us",
+                key=f"overhead.peer_{side}",
+                label=f"1 writer, peer {side}, on tmpfs (fsync free): write() p50",
+                twinlog=f"{ours * 1e6:.0f} us",
+                baseline=f"{raw * 1e6:.0f} us",
                 note=note,
             )
         )

@@ -18,7 +18,7 @@ from pathlib import Path
 from benchmarks import ROW_KEYS
 from benchmarks._env import Row, can_bind_mount, machine_description
 from benchmarks.bigdata import run_drain, run_read_verify
-from benchmarks.latency import run_latency, run_overhead, run_probe
+from benchmarks.latency import Series, run_latency, run_overhead, run_probe
 from benchmarks.throughput import run_throughput
 
 __all__ = ["format_markdown", "format_text", "main", "run_all"]
@@ -38,17 +38,15 @@ def run_all(
     """Every row of the selected sections, in :data:`benchmarks.ROW_KEYS` order."""
     say = progress or (lambda _text: None)
     rows: list[Row] = []
-    write_p50 = float("nan")
-    raw_pairs: dict[str, float] = {}
+    single: Series | None = None
     if "single" in sections or "probe" in sections:
         say(f"single writer: {samples} writes per side, peer up then down")
-        single = run_latency(base, samples)
-        write_p50, raw_pairs = single.write_p50, single.raw_pairs
+        single_rows, single = run_latency(base, samples)
         if "single" in sections:
-            rows += single.rows
+            rows += single_rows
     if "overhead" in sections:
         say(f"single writer on tmpfs: {samples} writes per side, peer up then down")
-        rows += run_overhead(base, samples, raw_pairs)
+        rows += run_overhead(base, samples, single)
     if "concurrent" in sections:
         say(f"concurrent writers: {duration:g} s per row")
         rows += run_throughput(base, duration)
@@ -60,7 +58,8 @@ def run_all(
         rows += run_read_verify(base, entries)
     if "probe" in sections:
         say("probe cost and hung peer")
-        rows += run_probe(base, samples, write_p50)
+        assert single is not None  # measured above for the probe's share of a write
+        rows += run_probe(base, samples, single.p50("up"))
     order = {key: i for i, key in enumerate(ROW_KEYS)}
     return sorted(rows, key=lambda row: order.get(row.key, len(order)))
 
