@@ -31,9 +31,15 @@ def test_defaults(tmp_path: Path) -> None:
     assert c.log_dir == tmp_path / "log" and isinstance(c.log_dir, Path)
 
 
-def test_relative_paths_become_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_relative_paths_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Resolved against the current directory, one config file would name a different log for
+    # each caller: refused, naming the key (the issue that made it so: #17).
     monkeypatch.chdir(tmp_path)
-    c = Config("a", "b", "log", "peer")
+    with pytest.raises(ConfigError, match="log_dir must be an absolute path, got 'log'"):
+        Config("a", "b", "log", tmp_path / "peer")
+    with pytest.raises(ConfigError, match="peer_dir must be an absolute path, got 'peer'"):
+        Config("a", "b", tmp_path / "log", "peer")
+    c = Config("a", "b", f"{tmp_path}/x/../log", f"{tmp_path}/peer")
     assert c.log_dir == tmp_path / "log" and c.peer_dir == tmp_path / "peer"
 
 

@@ -71,6 +71,10 @@ class Config:
             value = getattr(self, name)
             if not isinstance(value, str | os.PathLike) or not os.fspath(value):
                 raise ConfigError(f"{name} must be a path, got {value!r}")
+            if not os.path.isabs(os.fspath(value)):
+                # Resolved against the current directory, the same config would name a
+                # different log for every caller (a shell, a systemd unit, a cron job).
+                raise ConfigError(f"{name} must be an absolute path, got {os.fspath(value)!r}")
             # abspath only: resolving peer_dir itself would stat a possibly dead mount.
             object.__setattr__(self, name, Path(os.path.abspath(os.fspath(value))))
         if _resolve_without_touching_leaf(self.peer_dir) == self.log_dir.resolve():
