@@ -127,7 +127,7 @@ def test_log_dir_of_another_node_is_refused(tmp_path: Path) -> None:
         TwinLog(make(tmp_path))
 
 
-def test_twinlog_creates_log_dir_and_marker(tmp_path: Path) -> None:
-    with TwinLog(make(tmp_path, log_dir=tmp_path / "deep" / "log")) as log:
+def test_init_creates_log_dir_and_marker(tmp_path: Path) -> None:
+    with TwinLog.init(make(tmp_path, log_dir=tmp_path / "deep" / "log")) as log:
         assert (tmp_path / "deep" / "log" / "twinlog.node").read_text() == "a\n"
         assert log.config.node == "a"

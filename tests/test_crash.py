@@ -41,7 +41,9 @@ DRAIN_POINTS = [
 
 def test_every_failpoint_is_tested() -> None:
     group = {"after_assign"}  # tests/test_group.py
-    covered = set(WRITE_POINTS + DRAIN_POINTS + ["after_cache_append"]) | group
+    history = {"after_recover", "after_conflict_record"}  # tests/test_history_crash.py
+    history |= {p for p in POINTS if p.startswith("repair_")}
+    covered = set(WRITE_POINTS + DRAIN_POINTS + ["after_cache_append"]) | group | history
     rotation = {p for p in POINTS if "rotate" in p}
     assert covered | rotation == set(POINTS)
 

@@ -33,7 +33,7 @@ from twinlog.entry import (
 @pytest.fixture
 def solo(tmp_path: Path) -> TwinLog:
     """A node whose peer is never mounted: enough to test input validation."""
-    log = TwinLog(Config("a", "b", tmp_path / "log", tmp_path / "peer", max_message_bytes=100))
+    log = TwinLog.init(Config("a", "b", tmp_path / "log", tmp_path / "peer", max_message_bytes=100))
     yield log  # type: ignore[misc]
     log.close()
 

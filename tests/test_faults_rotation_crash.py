@@ -37,7 +37,7 @@ def all_ids(log_dir: Path) -> list[str]:
 
 def test_crash_after_rotate_rename_following_an_earlier_rotation(tmp_path: Path) -> None:
     config = Config("a", "b", tmp_path / "a", tmp_path / "peer", require_mount=False)
-    with TwinLog(config) as log:
+    with TwinLog.init(config) as log:
         for i in range(3):
             log.write(f"before first rotation {i}")
         log.rotate()  # leaves a "fresh" checkpoint: offset 0, a's mark 3

@@ -284,6 +284,7 @@ def test_an_oversized_record_is_logged_shortened_not_dropped(tmp_path: Path) -> 
     config = Config(
         "a", "b", tmp_path / "log", tmp_path / "peer", require_mount=False, max_message_bytes=100
     )
+    config.log_dir.mkdir()
     handler = TwinlogHandler(config)
     logger = logging.getLogger("twinlog-test-oversized")
     logger.addHandler(handler)

@@ -141,7 +141,7 @@ def test_full_local_disk_fails_the_write_and_loses_nothing(tmp_path: Path, tiny_
     from twinlog import Config, TwinLog
 
     log_dir = tiny_fs / "log"
-    with TwinLog(Config("a", "b", log_dir, tmp_path / "peer", require_mount=False)) as a:
+    with TwinLog.init(Config("a", "b", log_dir, tmp_path / "peer", require_mount=False)) as a:
         acked = [a.write(f"entry {i}").id for i in range(5)]
         fill(tiny_fs / "filler")
         error: StorageError | None = None

@@ -17,8 +17,10 @@ def test_all_is_pinned_and_sorted() -> None:
         "InvalidTypeError",
         "LockTimeoutError",
         "MessageTooLargeError",
+        "NotInitialisedError",
         "PeerError",
         "ReconcileResult",
+        "RepairResult",
         "ReservedFieldError",
         "StorageError",
         "TwinLog",
@@ -39,6 +41,7 @@ def test_every_error_is_a_twinlog_error_and_a_builtin() -> None:
         "LockTimeoutError": TimeoutError,
         "StorageError": OSError,
         "PeerError": OSError,
+        "NotInitialisedError": FileNotFoundError,
     }
     assert set(builtins) | {"TwinlogError"} == set(exceptions.__all__)
     for name, builtin in builtins.items():
@@ -55,6 +58,10 @@ def test_config_signature() -> None:
     assert params["fsync"].default is True
 
 
+def test_init_is_the_one_way_a_log_directory_comes_into_being() -> None:
+    assert inspect.signature(twinlog.TwinLog.init).parameters.keys() == {"config"}
+
+
 def test_twinlog_methods() -> None:
-    for name in ("write", "reconcile", "read", "status", "verify", "rotate", "close"):
+    for name in ("write", "reconcile", "read", "status", "verify", "rotate", "repair", "close"):
         assert callable(getattr(twinlog.TwinLog, name))

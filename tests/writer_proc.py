@@ -2,8 +2,8 @@
 
 Writes COUNT entries (forever if COUNT is 0) and prints each acknowledged id on its own line,
 flushed, the moment write() returns: the parent's record of what was acknowledged. A COUNT of
--1 runs one reconcile instead. At a normal end it prints its group-commit counters (JSON) on
-stderr.
+-1 runs one reconcile instead, -2 one repair (its result as JSON). At a normal end it prints its
+group-commit counters (JSON) on stderr.
 """
 
 from __future__ import annotations
@@ -19,6 +19,9 @@ def main() -> None:
     count = int(sys.argv[2])
     prefix = sys.argv[3] if len(sys.argv) > 3 else "w"
     with TwinLog(config) as log:
+        if count == -2:
+            print(json.dumps(log.repair().to_dict()), flush=True)
+            return
         if count < 0:
             log.reconcile()
             print("reconciled", flush=True)

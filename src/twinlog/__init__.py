@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from twinlog._api import ReconcileResult, TwinLog
 from twinlog._read import VerifyResult
+from twinlog._repair import RepairResult
 from twinlog.config import Config
 from twinlog.entry import Entry
 from twinlog.exceptions import (
@@ -17,6 +18,7 @@ from twinlog.exceptions import (
     InvalidTypeError,
     LockTimeoutError,
     MessageTooLargeError,
+    NotInitialisedError,
     PeerError,
     ReservedFieldError,
     StorageError,
@@ -31,8 +33,10 @@ __all__ = [
     "InvalidTypeError",
     "LockTimeoutError",
     "MessageTooLargeError",
+    "NotInitialisedError",
     "PeerError",
     "ReconcileResult",
+    "RepairResult",
     "ReservedFieldError",
     "StorageError",
     "TwinLog",

@@ -9,19 +9,29 @@ import time
 import weakref
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from twinlog import _failpoints
-from twinlog._fileops import CACHE_FILE, LOG_FILE, MARKER_FILE, DirOps
+from twinlog._fileops import CACHE_FILE, CHUNK, LOG_FILE, MARKER_FILE, READ_ONLY_ERRNOS, DirOps
 from twinlog._group import Follower, Leadership, follow, socket_name
+from twinlog._history import Conflict, find_conflict, read_conflicts, record_conflicts
+from twinlog._locks import LOCK_FILE
 from twinlog._peer import RemoteOps
 from twinlog._read import (
     VerifyResult,
     compare,
     merged_entries,
-    origin_seqs,
+    origin_lines,
     pinned_snapshot,
     snapshot_files,
+)
+from twinlog._repair import (
+    RepairResult,
+    finish_with_peer,
+    pending_origin,
+    rebuild,
+    roll_forward,
+    switch,
 )
 from twinlog._store import LogStore
 from twinlog._sync import transfer
@@ -29,7 +39,13 @@ from twinlog._worker import RemoteDir
 from twinlog.clock import HybridClock
 from twinlog.config import Config
 from twinlog.entry import Entry, check_message, encode_entry, id_prefix, parse_key
-from twinlog.exceptions import ConfigError, LockTimeoutError, PeerError, StorageError
+from twinlog.exceptions import (
+    ConfigError,
+    LockTimeoutError,
+    NotInitialisedError,
+    PeerError,
+    StorageError,
+)
 from twinlog.probe import REASONS, MountTable, StuckRegistry
 
 __all__ = ["ReconcileResult", "TwinLog"]
@@ -42,6 +58,7 @@ _CONTENDED_HOLD = 1.0  # seconds a process elects (no uncontended commits) after
 # fsync may take longer; the two-round-trip write gives its append io_timeout.
 _SETTLED_PAUSE = 60.0
 _instances: weakref.WeakSet[TwinLog] = weakref.WeakSet()
+_T = TypeVar("_T")
 
 
 def _reset_in_child() -> None:
@@ -84,6 +101,10 @@ class ReconcileResult:
     pulled: int = 0
     rotated: str | None = None
     expired: list[str] = field(default_factory=list)
+    #: Entries of this node's own that it took back from the peer (it had lost them).
+    recovered: int = 0
+    #: History conflicts known after this commit (see ``TwinLog.repair``), by origin.
+    conflicts: list[Conflict] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -91,8 +112,10 @@ class ReconcileResult:
             "reason": self.reason,
             "pushed": self.pushed,
             "pulled": self.pulled,
+            "recovered": self.recovered,
             "rotated": self.rotated,
             "expired": list(self.expired),
+            "conflicts": [c.to_dict() for c in self.conflicts],
         }
 
 
@@ -130,6 +153,12 @@ class TwinLog:
         self._contended_until = 0.0  # see _commit_uncontended
         self._settled_paused_until = 0.0  # see _SETTLED_PAUSE
         self._trips = {"one_trip": 0, "drained_after": 0}  # see peer_worker_stats
+        # History conflicts known, by origin (recorded in our directory, or found), and the
+        # (local, peer) store loads when both histories were last compared: they need comparing
+        # again only when a log was read afresh (a new process, a replaced or rolled-back log).
+        self._conflicts: dict[str, Conflict] = {}
+        self._history_seen: tuple[int, int] | None = None
+        self._local_loads_seen = -1
         # Named after the directory we opened (its dev and inode), not its path.
         self._group_name = socket_name(self._local_ops.dev_ino()) if config.group_commit else None
         self.group_stats = {
@@ -141,10 +170,30 @@ class TwinLog:
         }
         _instances.add(self)
 
+    @classmethod
+    def init(cls, config: Config) -> TwinLog:
+        """Create ``log_dir`` if it is missing (what ``twinlog init`` does), then open it.
+
+        The only way a log directory comes into being: ``TwinLog()`` refuses a missing one,
+        which usually means the disk that holds it is not mounted. A new, empty directory gets
+        this node's history back from the peer at the first contact (``reconcile()``).
+        """
+        try:
+            config.log_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(
+                exc.errno, f"cannot initialise log_dir {config.log_dir}: {exc.strerror}"
+            ) from exc
+        return cls(config)
+
     def _init_local_dir(self) -> None:
         cfg = self.config
+        if not cfg.log_dir.is_dir():
+            raise NotInitialisedError(
+                f"log_dir {cfg.log_dir} does not exist: run 'twinlog init' to create it, or "
+                "mount the disk that holds it"
+            )
         try:
-            cfg.log_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
             marker = cfg.log_dir / MARKER_FILE
             try:
                 fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
@@ -396,15 +445,16 @@ class TwinLog:
                         peer_ok, reason = False, exc.reason
                         if exc.reason == "timeout":
                             self._settled_paused_until = time.monotonic() + _SETTLED_PAUSE
-                elif peer_ok and staged.lines:
+                elif peer_ok and staged.lines and cfg.node not in self._conflicts:
                     peer_ok, released = self._deliver(staged)
                     reason = None if peer_ok else "io_error"
                     held_peer = held_peer and not released
-                if not peer_ok:
-                    self._cache(staged)
+                if not peer_ok or cfg.node in self._conflicts:
+                    self._cache(staged)  # a history conflict delivers nothing of ours
                 self._finish(staged)
             result.peer_reachable = peer_ok
             result.reason = "ok" if peer_ok else (reason or "io_error")
+            result.conflicts = [self._conflicts[o] for o in sorted(self._conflicts)]
             self._rotate_and_expire(result, peer_ok and held_peer, force=rotate)
             self._checkpoints(peer_ok and held_peer)
         except BaseException as exc:
@@ -477,6 +527,8 @@ class TwinLog:
         return (
             peer.hwm.get(cfg.node, 0) <= local.hwm.get(cfg.node, 0)
             and peer.hwm.get(cfg.peer, 0) <= local.hwm.get(cfg.peer, 0)
+            and not self._conflicts
+            and self._history_seen == (self._local.loads, self._peer.loads)
             and not self._local.cache_exists()
         )
 
@@ -486,13 +538,71 @@ class TwinLog:
         """Steps 4A and 4B under both locks, from what the peer's lock stage saw (``look``:
         its log's tail and whether it has a cache). Whether the peer is still reachable, and
         why not."""
+        cfg = self.config
         try:
             self._peer.refresh(repair=True, prefetched=look[0])
-            result.pushed += self._drain_to_peer()
-            result.pulled += self._drain_from_peer(look[1])
+            self._compare_histories()
+            if cfg.node not in self._conflicts:
+                result.recovered += self._recover_own()
+                result.pushed += self._drain_to_peer()
+            if cfg.peer not in self._conflicts:
+                result.pulled += self._drain_from_peer(look[1])
+                result.pushed += self._restore_peers()
         except PeerError as exc:
             return False, exc.reason
         return True, None
+
+    def _compare_histories(self) -> None:
+        """Whether each origin's history is the same in both logs (under both locks, after
+        both refreshes), where it may have changed since we last looked: on first contact,
+        and after either log was read afresh. A conflict found is recorded in our directory,
+        with those the peer recorded in its own; recorded ones stay until ``repair()``."""
+        cfg = self.config
+        seen = (self._local.loads, self._peer.loads)
+        if seen == self._history_seen:
+            return
+        if pending_origin(self._local_ops) is not None:
+            # A repair switched our log and crashed, or lost the peer, before this.
+            finish_with_peer(self._local, self._local_ops, self._peer)
+        mine = read_conflicts(self._local)
+        known = self._with_found_conflicts({**read_conflicts(self._peer), **mine})
+        if known.keys() - mine.keys():
+            self._append_here(
+                lambda: record_conflicts(self._local, known),
+                f"the conflict record in {cfg.log_dir}",
+                "after_conflict_record",
+            )
+        self._conflicts = known
+        self._history_seen = seen
+
+    def _with_found_conflicts(self, known: dict[str, Conflict]) -> dict[str, Conflict]:
+        """``known``, and what comparing both (refreshed) logs finds for each other origin."""
+        cfg = self.config
+        found = dict(known)
+        for origin, own, other in (
+            (cfg.node, self._local, self._peer),
+            (cfg.peer, self._peer, self._local),
+        ):
+            if origin not in found:
+                conflict = find_conflict(own, other, origin, cfg.node)
+                if conflict is not None:
+                    found[origin] = conflict
+        return found
+
+    def _recover_own(self) -> int:
+        """Take back into our log the entries of ours the peer holds and we do not (our log was
+        lost or rolled back), before any new seq is allocated. Their ids are the peer's."""
+        cfg = self.config
+        moved = self._transfer(self._peer, self._local, cfg.node, "take back our entries")
+        if moved and _failpoints.ACTIVE:
+            _failpoints.hit("after_recover")
+        return moved
+
+    def _restore_peers(self) -> int:
+        """The peer's entries we hold and its log lacks (it lost or rolled back its log) back
+        into its log: whichever node makes contact first gives a node its history back."""
+        cfg = self.config
+        return self._transfer(self._local, self._peer, cfg.peer, "read the local log")
 
     def _connect_and_look(self) -> tuple[tuple[int, int, bytes] | None, bool]:
         """Lock the peer and look at its log's tail and cache, checking its identity first
@@ -522,9 +632,11 @@ class TwinLog:
         except LockTimeoutError:
             raise
         except OSError as exc:
-            raise StorageError(
-                exc.errno, f"cannot lock {self.config.log_dir}: {exc.strerror or exc}"
-            ) from exc
+            where = self.config.log_dir / LOCK_FILE
+            why = exc.strerror or str(exc)
+            if exc.errno in READ_ONLY_ERRNOS:
+                why += " (reading works; writing needs log_dir writable by this user)"
+            raise StorageError(exc.errno, f"cannot lock {where} to write: {why}") from exc
 
     def _precheck(self) -> str | None:
         """The peer checks that need no peer I/O; a reason when the peer is unreachable."""
@@ -538,8 +650,19 @@ class TwinLog:
         """Learn what our log holds (cutting a torn tail only when ``repair``, under the lock)."""
         try:
             self._local.refresh(repair=repair)
+            fresh = self._local.loads != self._local_loads_seen
+            # Read afresh, under our lock: finish (or drop) a repair that crashed first.
+            if repair and fresh and roll_forward(self._local, self._local_ops):
+                self._local.refresh(repair=True)
+            if self._local.loads != self._local_loads_seen:
+                # Read afresh (a new process, a replaced log, a repair by another process):
+                # what is recorded about conflicts may have changed with it.
+                self._conflicts = read_conflicts(self._local)
+                self._local_loads_seen = self._local.loads
         except OSError as exc:
-            raise StorageError(exc.errno, f"cannot read the local log: {exc.strerror}") from exc
+            raise StorageError(
+                exc.errno, f"cannot read the local log in {self.config.log_dir}: {exc.strerror}"
+            ) from exc
 
     @staticmethod
     def _transfer(src: LogStore, dst: LogStore, origin: str, local_part: str) -> int:
@@ -576,6 +699,19 @@ class TwinLog:
                 _failpoints.hit("after_peer_cache_remove")
         return moved
 
+    def _next_seq(self) -> int:
+        """The next seq of ours: after our log's mark, and while our history conflicts with the
+        peer's, after every seq of ours either node holds (no id is ever given twice)."""
+        node = self.config.node
+        state = self._local.state
+        assert state is not None
+        mark = state.hwm.get(node, 0)
+        conflict = self._conflicts.get(node)
+        if conflict is not None:
+            peer = self._peer.state
+            mark = max(mark, conflict.highest_seq, peer.hwm.get(node, 0) if peer else 0)
+        return mark + 1
+
     def _append_local(self, batch: list[_Pending], followers: list[Follower]) -> _Staged:
         """Step 5 (or 3's first half) for our entries and those of the group-commit
         ``followers`` (the list is cut down to those that took their assignment): assign their
@@ -587,7 +723,7 @@ class TwinLog:
         fresh = [p for p in batch if p.entry is None]
         total = len(fresh) + sum(len(f.items) for f in followers)
         stamps = iter(self._clock.next_after(state.max_ts or None, total) if total else ())
-        next_seq = state.hwm.get(cfg.node, 0) + 1
+        next_seq = self._next_seq()
         staged = _Staged()
         lines = staged.lines
         last_ts = ""  # of the last line in ``lines``
@@ -818,9 +954,17 @@ class TwinLog:
                 "peer_last_seq": None,
                 "pending_to_peer": None,
                 "pending_from_peer": None,
+                # Entries of ours the peer holds and our log lost (a replaced or rolled-back
+                # disk), and of the peer's that its log lost and ours holds: the next contact
+                # gives each node its history back.
+                "to_take_back": None,
+                "to_give_back": None,
                 "stuck_workers": self._remote.stuck_pids,
+                "conflict": None,
+                "conflicts": [],
                 "in_sync": False,
             }
+            conflicts = read_conflicts(local)
             reason = self._precheck()
             if reason is None:
                 try:
@@ -834,9 +978,15 @@ class TwinLog:
                         cfg.node: peer_hwm.get(cfg.node, 0),
                         cfg.peer: peer_hwm.get(cfg.peer, 0),
                     }
-                    info["pending_to_peer"] = local_hwm.get(cfg.node, 0) - peer_hwm.get(cfg.node, 0)
-                    info["pending_from_peer"] = peer_hwm.get(cfg.peer, 0) - local_hwm.get(
-                        cfg.peer, 0
+                    ours = local_hwm.get(cfg.node, 0) - peer_hwm.get(cfg.node, 0)
+                    theirs = peer_hwm.get(cfg.peer, 0) - local_hwm.get(cfg.peer, 0)
+                    info["pending_to_peer"], info["to_take_back"] = max(ours, 0), max(-ours, 0)
+                    info["pending_from_peer"], info["to_give_back"] = (
+                        max(theirs, 0),
+                        max(-theirs, 0),
+                    )
+                    conflicts = self._with_found_conflicts(
+                        {**read_conflicts(self._peer), **conflicts}
                     )
                     info["peer_reachable"] = True
                 except PeerError as exc:
@@ -844,14 +994,101 @@ class TwinLog:
                     info["peer_reason_text"] = exc.detail
             info["peer_reason"] = reason or "ok"
             info["peer_reason_text"] = info["peer_reason_text"] or REASONS.get(reason or "ok", "")
+            ordered = sorted(conflicts.values(), key=lambda c: (c.origin != cfg.node, c.origin))
+            info["conflicts"] = [c.to_dict() for c in ordered]
+            info["conflict"] = info["conflicts"][0] if ordered else None
             info["in_sync"] = bool(
-                info["peer_reachable"]
+                not ordered
+                and info["peer_reachable"]
                 and info["pending_to_peer"] == 0
                 and info["pending_from_peer"] == 0
+                and info["to_take_back"] == 0
+                and info["to_give_back"] == 0
                 and not info["cache_entries"]["local"]
                 and not info["cache_entries"]["peer"]
             )
             return info
+
+    def repair(self) -> RepairResult:
+        """Resolve a history conflict in this node's own entries (``twinlog repair``): the
+        peer's copy of our history wins, our entries under ids it holds differently are
+        re-logged after it as new entries (``replaces`` names the old id), and the files that
+        held them move whole into ``log_dir/twinlog.repaired.<time>/``. Needs the peer.
+
+        Never automatic: a conflict means both nodes acknowledged different entries under one
+        id, and only an operator can say that re-logging ours is right.
+        """
+        cfg = self.config
+        with self._mutex:
+            reason = self._precheck()
+            if reason is not None:
+                return RepairResult(False, reason)
+            try:
+                with self._both_locks() as look:
+                    self._refresh_local()
+                    self._peer.refresh(repair=True, prefetched=look[0])
+                    self._history_seen = None  # compare afresh, whatever was seen before
+                    self._compare_histories()
+                    conflict = self._conflicts.get(cfg.node)
+                    if conflict is None:
+                        other = self._conflicts.get(cfg.peer)
+                        if other is None:
+                            return RepairResult(False, "no_conflict")
+                        return RepairResult(False, "peer_history", other.origin, other.first_id)
+                    local, ops = self._local, self._local_ops
+                    result = self._storage(
+                        lambda: rebuild(local, ops, self._peer, conflict, self._clock),
+                        "write the repaired log",
+                    )
+                    self._storage(lambda: switch(local, ops), "switch to the repaired log")
+                    self._refresh_local()
+                    self._storage(
+                        lambda: finish_with_peer(local, ops, self._peer),
+                        "clear the conflict records",
+                    )
+                    self._conflicts = read_conflicts(local)
+                    self._history_seen = None
+                    # Deliver what the new log holds beyond the peer's (as a reconcile would).
+                    fresh = self._peer_ops.tail(LOG_FILE, self._peer.read_offset, CHUNK)
+                    self._sync_peer(ReconcileResult(True, "ok"), (fresh, self._peer.cache_exists()))
+                    return result
+            except PeerError as exc:
+                return RepairResult(False, exc.reason)
+
+    @contextlib.contextmanager
+    def _both_locks(self) -> Iterator[tuple[tuple[int, int, bytes] | None, bool]]:
+        """Our lock and the peer's, taken in the one global order (by node name) and released
+        on the way out; yields what the peer's lock stage saw (see ``_connect_and_look``)."""
+        cfg = self.config
+        held_local = held_peer = False
+        look: tuple[tuple[int, int, bytes] | None, bool] = (None, False)
+        try:
+            for side in sorted((cfg.node, cfg.peer)):
+                if side == cfg.node:
+                    self._lock_local()
+                    held_local = True
+                else:
+                    look = self._connect_and_look()
+                    held_peer = True
+            yield look
+        finally:
+            if held_peer:
+                with contextlib.suppress(PeerError):  # a dead worker's lock died with it
+                    self._peer_ops.release()
+            if held_local:
+                self._local_ops.unlock()
+
+    def _storage(self, step: Callable[[], _T], what: str) -> _T:
+        """A step on our own directory: its failure is a StorageError naming the directory
+        (the peer's failures stay PeerError)."""
+        try:
+            return step()
+        except PeerError:
+            raise
+        except OSError as exc:
+            raise StorageError(
+                exc.errno, f"cannot {what} in {self.config.log_dir}: {exc.strerror or exc}"
+            ) from exc
 
     def verify(self) -> VerifyResult:
         """Compare this node's log with the peer's, by entry id (over the retained window)."""
@@ -880,9 +1117,12 @@ class TwinLog:
                     try:
                         self._local_ops.lock(cfg.lock_timeout)
                         held_local = True
-                    except PermissionError:
-                        # A reader without write access (a member of the log's group) compares
-                        # without the locks: a write landing meanwhile may show as missing.
+                    except OSError as exc:
+                        if exc.errno not in READ_ONLY_ERRNOS:
+                            raise
+                        # A reader without write access (a member of the log's group, a
+                        # read-only copy) compares without the locks: a write landing meanwhile
+                        # may show as missing.
                         self._peer_ops.check_identity(
                             cfg.peer, self._local_ops.dev_ino(), cfg.probe_timeout
                         )
@@ -906,8 +1146,8 @@ class TwinLog:
         try:
             for origin in (cfg.node, cfg.peer):
                 compare(
-                    origin_seqs(self._local, local_files, origin),
-                    origin_seqs(self._peer, peer_files, origin),
+                    origin_lines(self._local, local_files, origin),
+                    origin_lines(self._peer, peer_files, origin),
                     origin,
                     result,
                     local_mark=local_state.hwm.get(origin, 0),
@@ -926,7 +1166,8 @@ class TwinLog:
             return result, True
         result.peer_reachable = True
         result.in_sync = not (
-            result.missing_on_local
+            result.conflicts
+            or result.missing_on_local
             or result.missing_on_peer
             or result.duplicates_local
             or result.duplicates_peer

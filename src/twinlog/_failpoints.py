@@ -27,6 +27,12 @@ POINTS = (
     "mid_transfer",
     "after_rotate_rename",
     "after_rotate_index",
+    "after_conflict_record",
+    "after_recover",
+    "repair_after_journal",
+    "repair_after_log_archived",
+    "repair_after_switch",
+    "repair_after_peer_record",
 )
 
 _armed: dict[str, int] = {}

@@ -21,6 +21,7 @@ __all__ = [
     "CHUNK",
     "LOG_FILE",
     "MARKER_FILE",
+    "READ_ONLY_ERRNOS",
     "TORN_FILE",
     "DirOps",
     "IdentityError",
@@ -36,6 +37,9 @@ CHUNK = 1 << 20
 _READ_BACK = 64 * 1024
 _COPY_BUFFER = 256 * 1024  # a drain's copy and count, in pieces that stay in the CPU's cache
 _SETTLED = 256 * 1024  # at most this much new in the peer's log, for the one-round-trip write
+#: What opening a file for writing fails with where we may only read: no write permission, or
+#: a read-only filesystem (a forensic copy, a mounted backup).
+READ_ONLY_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
 
 
 class IdentityError(Exception):
@@ -95,10 +99,13 @@ class DirOps:
         self._create_lock_file = create
         if create:
             # The peer locks this file through its mount without ever creating it, so it must
-            # exist before the peer's first write. A read-only user simply cannot make it.
-            with contextlib.suppress(PermissionError):
-                flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
+            # exist before the peer's first write. A reader simply cannot make it.
+            flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
+            try:
                 os.close(os.open(LOCK_FILE, flags, 0o640, dir_fd=self._dir_fd))
+            except OSError as exc:
+                if exc.errno not in READ_ONLY_ERRNOS:
+                    raise
         return "ok"
 
     def check_dir(self, expected_node: str, not_dev_ino: tuple[int, int] | None) -> None:

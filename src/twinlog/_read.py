@@ -12,7 +12,7 @@ from twinlog._fileops import LOG_FILE
 from twinlog._store import LogStore
 from twinlog.entry import Entry, block_heads, decode_line, parse_key
 
-__all__ = ["VerifyResult", "compare", "merged_entries", "origin_seqs"]
+__all__ = ["VerifyResult", "compare", "merged_entries", "origin_lines", "origin_seqs"]
 
 
 def _lines(store: LogStore, files: list[tuple[str, int | None]]) -> Iterator[bytes]:
@@ -92,20 +92,34 @@ def merged_entries(
 
 
 def origin_seqs(store: LogStore, files: list[tuple[str, int | None]], origin: str) -> Iterator[int]:
-    """The seqs of ``origin``'s entries in ``files``, in log order (what verify compares): a
-    block of lines at a time by one regular-expression pass, line by line where a block has a
-    line without the usual head."""
+    """The seqs of ``origin``'s entries in ``files``, in log order."""
+    for seq, _digest in origin_lines(store, files, origin):
+        yield seq
+
+
+def origin_lines(
+    store: LogStore, files: list[tuple[str, int | None]], origin: str
+) -> Iterator[tuple[int, int]]:
+    """``(seq, digest of its line)`` of ``origin``'s entries in ``files``, in log order (what
+    verify compares; equal digests in one process: the same line): a block of lines at a time
+    by one regular-expression pass, line by line where a block has a line without the usual
+    head."""
     own = origin.encode("ascii")  # node names are plain ASCII (config.NODE_NAME_PATTERN)
     for name, end in files:
         for block in store.iter_blocks(name, 0, end):
+            lines = block.split(b"\n")[:-1]
             heads = block_heads(block)
             if heads is not None:
-                yield from [int(seq) for node, seq, _ts in heads if node == own]
+                yield from [
+                    (int(seq), hash(line))
+                    for (node, seq, _ts), line in zip(heads, lines, strict=True)
+                    if node == own
+                ]
                 continue
-            for line in block.splitlines(keepends=True):
-                key = parse_key(line)
+            for line in lines:
+                key = parse_key(line + b"\n")
                 if key is not None and key[0] == origin:
-                    yield key[1]
+                    yield key[1], hash(line)
 
 
 @dataclasses.dataclass
@@ -121,6 +135,8 @@ class VerifyResult:
     missing_on_peer: list[str] = dataclasses.field(default_factory=list)
     duplicates_local: list[str] = dataclasses.field(default_factory=list)
     duplicates_peer: list[str] = dataclasses.field(default_factory=list)
+    #: Ids both logs hold with different entries: a history conflict (``twinlog repair``).
+    conflicts: list[str] = dataclasses.field(default_factory=list)
     local_entries: int = 0
     peer_entries: int = 0
     expired_on_local: int = 0
@@ -155,49 +171,55 @@ class VerifyResult:
 
 
 def compare(
-    local: Iterator[int],
-    peer: Iterator[int],
+    local: Iterator[tuple[int, int]],
+    peer: Iterator[tuple[int, int]],
     origin: str,
     result: VerifyResult,
     *,
     local_mark: int = 0,
     peer_mark: int = 0,
 ) -> None:
-    """Walk two seq streams of one origin (each ascending) and record differences by id.
+    """Walk two ``(seq, line digest)`` streams of one origin (each ascending) and record
+    differences by id: ids one side lacks, and ids whose lines differ (conflicts).
 
     An id one side lacks is *missing* there unless that side has expired it: it is below the
     first seq that side still keeps (or, keeping none, at most the side's high-water mark
     ``*_mark``, which survives rotation and expiry).
     """
     sentinel = 1 << 62
+    end = (sentinel, 0)
 
-    def ascending(seqs: Iterator[int], dups: list[str], counter: str) -> Iterator[int]:
+    def ascending(
+        seqs: Iterator[tuple[int, int]], dups: list[str], counter: str
+    ) -> Iterator[tuple[int, int]]:
         last = 0
-        for seq in seqs:
+        for seq, digest in seqs:
             setattr(result, counter, getattr(result, counter) + 1)
             if seq <= last:  # a second copy of an id (in a valid log seqs only go up)
                 dups.append(f"{origin}:{seq}")
                 continue
             last = seq
-            yield seq
+            yield seq, digest
 
     a = ascending(local, result.duplicates_local, "local_entries")
     b = ascending(peer, result.duplicates_peer, "peer_entries")
-    x, y = next(a, sentinel), next(b, sentinel)
+    (x, x_digest), (y, y_digest) = next(a, end), next(b, end)
     local_floor = x if x != sentinel else local_mark + 1
     peer_floor = y if y != sentinel else peer_mark + 1
     while x != sentinel or y != sentinel:
         if x == y:
-            x, y = next(a, sentinel), next(b, sentinel)
+            if x_digest != y_digest:
+                result.conflicts.append(f"{origin}:{x}")
+            (x, x_digest), (y, y_digest) = next(a, end), next(b, end)
         elif x < y:
             if x < peer_floor:
                 result.expired_on_peer += 1
             else:
                 result.missing_on_peer.append(f"{origin}:{x}")
-            x = next(a, sentinel)
+            x, x_digest = next(a, end)
         else:
             if y < local_floor:
                 result.expired_on_local += 1
             else:
                 result.missing_on_local.append(f"{origin}:{y}")
-            y = next(b, sentinel)
+            y, y_digest = next(b, end)

@@ -102,6 +102,9 @@ class LogStore:
         self.node = node
         self.fsync = fsync
         self.state: LogState | None = None
+        #: How many times :attr:`state` was built afresh (a new process, a replaced or rotated
+        #: log): what was checked about the log before may no longer hold.
+        self.loads = 0
 
     # -- learning what the log holds ------------------------------------------------------
     @property
@@ -169,6 +172,7 @@ class LogStore:
             state = self._from_segments(numbered)
         state.segment = newest
         state.ino = ino
+        self.loads += 1
         self._consume(state, self.ops.read(LOG_FILE, state.offset, CHUNK), size)
         return state
 
@@ -309,6 +313,16 @@ class LogStore:
         except ValueError:
             return {}
         return data if isinstance(data, dict) else {}
+
+    def forget_segments(self, names: list[str]) -> None:
+        """Drop what the manifest says of segments no longer in the directory (a repair moved
+        them into its archive)."""
+        manifest = self.read_manifest()
+        numbers = [name.rsplit(".", 1)[-1] for name in names]
+        if any(number in manifest for number in numbers):
+            for number in numbers:
+                manifest.pop(number, None)
+            self._write_manifest(manifest)
 
     def _write_manifest(self, manifest: dict[str, dict[str, Any]]) -> None:
         self.ops.replace(SEGMENTS_FILE, json.dumps(manifest, sort_keys=True).encode(), True)
@@ -588,7 +602,7 @@ class LogStore:
         files = [*self.segments(), LOG_FILE]
         ends = {LOG_FILE: state.offset}
         start_file, start_offset = 0, 0
-        for index in range(len(files) - 1, -1, -1):
+        for index in range(len(files) - 1, -1, -1) if after_seq > 0 else ():
             found = self._find_back(files[index], ends.get(files[index]), origin, after_seq)
             if found is not None:
                 start_file, start_offset = index, found

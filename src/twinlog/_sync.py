@@ -25,12 +25,14 @@ __all__ = ["transfer"]
 def transfer(src: LogStore, dst: LogStore, origin: str) -> int:
     """Append to ``dst`` the entries of ``origin`` that ``src`` has and ``dst`` lacks.
 
-    ``src`` must be ``origin``'s own directory (whose log holds all of origin's entries and whose
-    cache lists those not yet delivered). Both stores must be refreshed and locked. Returns the
-    number of entries appended, which are durable (fsync) when it returns. The cache is read
-    first (cheap: just the undelivered entries, copied a block at a time when a block is exactly
-    the next run of seqs); where it has a gap (a crash between the log append and the cache
-    append), the rest comes from ``src``'s log, line by line.
+    Both stores must be refreshed and locked. Returns the number of entries appended, which
+    are durable (fsync) when it returns. When ``src`` is ``origin``'s own directory its cache
+    is read first (cheap: just the undelivered entries, copied a block at a time when a block
+    is exactly the next run of seqs); where it has a gap (a crash between the log append and
+    the cache append), or when ``src`` is the other node's directory (taking back a node's
+    history after it lost its log), the rest comes from ``src``'s log, line by line. Entries
+    ``src``'s log no longer holds at all (expired there, and lost where they belong) are
+    skipped: what follows them is still delivered, and seqs continue after it.
     """
     assert src.state is not None
     assert dst.state is not None
@@ -41,8 +43,9 @@ def transfer(src: LogStore, dst: LogStore, origin: str) -> int:
     next_seq = have + 1
     moved = 0
 
-    def take(lines: list[bytes]) -> bool:
-        """Append the contiguous lines that come next; False at the first gap."""
+    def take(lines: list[bytes], *, skip_missing: bool = False) -> bool:
+        """Append the contiguous lines that come next; False at the first gap, unless
+        ``skip_missing``: the log's first line after ``next_seq`` then starts the run."""
         nonlocal next_seq, moved
         picked: list[bytes] = []
         gap = False
@@ -50,6 +53,9 @@ def transfer(src: LogStore, dst: LogStore, origin: str) -> int:
             key = parse_key(line)
             if key is None or key[0] != origin or key[1] < next_seq:
                 continue
+            if skip_missing and not picked and next_seq < key[1] <= want:
+                next_seq = key[1]
+            skip_missing = False
             if key[1] > next_seq or key[1] > want:
                 gap = key[1] > next_seq
                 break
@@ -60,13 +66,14 @@ def transfer(src: LogStore, dst: LogStore, origin: str) -> int:
             moved += len(picked)
         return not gap
 
-    cache_path = src.local_path(CACHE_FILE)
+    own_cache = origin == src.node  # a node's cache holds its own entries only
+    cache_path = src.local_path(CACHE_FILE) if own_cache else None
     resume = 0
     if cache_path is not None:
         resume, next_seq, moved = _counted_runs(
             src, dst, origin, next_seq, want, cache_path=cache_path
         )
-    for _offset, block in src.iter_cache_blocks_at(resume):
+    for _offset, block in src.iter_cache_blocks_at(resume) if own_cache else ():
         if next_seq > want:
             break
         run = _next_run(block, origin, next_seq, want)
@@ -80,9 +87,11 @@ def transfer(src: LogStore, dst: LogStore, origin: str) -> int:
         if _failpoints.ACTIVE:
             _failpoints.hit("mid_transfer")
     if next_seq <= want:
+        first = True
         for lines in src.iter_origin_after(origin, next_seq - 1):
-            if not take(lines) or next_seq > want:
+            if not take(lines, skip_missing=first) or next_seq > want:
                 break
+            first = False
             if _failpoints.ACTIVE:
                 _failpoints.hit("mid_transfer")
     if moved:

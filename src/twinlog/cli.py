@@ -1,4 +1,4 @@
-"""The ``twinlog`` command: init, write, tail, status, reconcile, verify, rotate, demo.
+"""The ``twinlog`` command: init, write, tail, status, reconcile, verify, rotate, repair, demo.
 
 Every command is one :class:`Command` in :data:`COMMANDS` (a name, a function adding its
 arguments, a function running it); adding one is adding an entry there. ``main(argv)`` returns the
@@ -7,7 +7,8 @@ exit status instead of exiting, so tests call it directly. Exit statuses:
 * 0: done (``status``/``verify``: in sync);
 * 1: degraded (peer unreachable, entries still waiting, logs differ);
 * 2: error: bad usage, configuration or a failing local directory. One line on stderr says what
-  is wrong and how to fix it; never a traceback.
+  is wrong and how to fix it; never a traceback. ``status``: CRITICAL (a history conflict, or
+  the state cannot be read).
 """
 
 from __future__ import annotations
@@ -194,8 +195,12 @@ def _describe_error(exc: BaseException) -> str:
         text = f"{exc.strerror or exc}{where}"
     else:  # pragma: no cover - main only passes the two kinds above
         text = str(exc)
-    if isinstance(exc, OSError) and exc.errno in (errno.EACCES, errno.EPERM):
-        # Even reading opens the log's lock file for writing (TwinLog's constructor does).
+    if isinstance(exc, OSError) and exc.errno == errno.EROFS:
+        text += (
+            "; log_dir is on a read-only filesystem: tail, status and verify work there, "
+            "writing needs it mounted read-write"
+        )
+    elif isinstance(exc, OSError) and exc.errno in (errno.EACCES, errno.EPERM):
         text += "; twinlog needs write access to log_dir: run it as the directory's owner (root)"
     elif isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
         text += "; free some space on the log's filesystem"
@@ -267,6 +272,16 @@ def _reason_text(reason: str, text: str = "") -> str:
     return text or REASONS.get(reason.split(":", 1)[0], reason)
 
 
+def _conflict_text(conflict: dict[str, Any], node: str) -> str:
+    origin = conflict["origin"]
+    where = "here" if origin == node else f"on {origin}"
+    return (
+        f"history conflict: {origin}'s entries differ between the two logs from "
+        f"{conflict['first_id']} on; nothing of them is copied until an operator runs "
+        f"'twinlog repair' {where} (see docs/operations.md)"
+    )
+
+
 def _ids(ids: list[str]) -> str:
     shown = ", ".join(ids[:_LIST_LIMIT])
     more = len(ids) - _LIST_LIMIT
@@ -282,7 +297,7 @@ def cmd_init(args: argparse.Namespace, con: Console) -> int:
     cfg = load_config(args)
     marker = cfg.log_dir / MARKER_FILE
     dir_existed, marker_existed = cfg.log_dir.is_dir(), marker.exists()
-    with TwinLog(cfg) as log:
+    with TwinLog.init(cfg) as log:
         con.print(f"log_dir {cfg.log_dir}: " + ("exists" if dir_existed else "created"))
         con.print(
             f"identity marker {marker}: "
@@ -293,12 +308,28 @@ def cmd_init(args: argparse.Namespace, con: Console) -> int:
             con.print(f"mode of {path}: {old:04o} -> {new:04o}")
         if not changed:
             con.print(f"modes: already {DIR_MODE:04o} (directory) and {FILE_MODE:04o} (files)")
+        # The first contact: a node whose disk was replaced takes its history back here.
+        result = log.reconcile()
         info = log.status()
-    if info["peer_reachable"]:
-        con.print(f"peer {cfg.peer} at {cfg.peer_dir}: reachable")
+    node, peer = cfg.node, cfg.peer
+    if result.peer_reachable:
+        con.print(f"peer {peer} at {cfg.peer_dir}: reachable")
+        if result.recovered:
+            con.print(
+                f"history: took back {_plural(result.recovered, 'entry')} of {node} from {peer}"
+                f" (this node's own, which its log had lost); new entries continue after them"
+            )
     else:
         reason = _reason_text(info["peer_reason"], info["peer_reason_text"])
-        con.print(f"peer {cfg.peer} at {cfg.peer_dir}: not reachable yet ({reason})")
+        con.print(f"peer {peer} at {cfg.peer_dir}: not reachable yet ({reason})")
+        if not info["last_seq"][node]:
+            con.print(
+                f"history: {node}'s log is empty; any history of {node} that {peer} holds is "
+                f"taken back at the first contact, or reported as a conflict if {node} writes "
+                "first (then see 'twinlog repair')"
+            )
+    for conflict in info["conflicts"]:
+        con.print(_conflict_text(conflict, node))
     return 0
 
 
@@ -558,6 +589,9 @@ def _args_status(parser: argparse.ArgumentParser) -> None:
 
 
 def status_exit(info: dict[str, Any]) -> int:
+    """0 in sync, 1 degraded, 2 (CRITICAL) a history conflict: it never heals by itself."""
+    if info.get("conflict"):
+        return 2
     return 0 if info["in_sync"] else 1
 
 
@@ -575,7 +609,16 @@ def status_summary(info: dict[str, Any]) -> str:
             perf.append(f"{key}={value}")
     perf.append(f"peer_reachable={int(info['peer_reachable'])}")
     seqs = ", ".join(f"{n}:{s}" for n, s in info["last_seq"].items())
-    if info["in_sync"]:
+    conflict = info.get("conflict")
+    if conflict:
+        origin = conflict["origin"]
+        where = f"on {node}" if origin == node else f"on {origin} (the node whose history it is)"
+        text = (
+            f"TWINLOG CRITICAL - history conflict: {origin}'s entries differ between {node} and "
+            f"{peer} from {conflict['first_id']} on; nothing of them is copied until an "
+            f"operator runs 'twinlog repair' {where}"
+        )
+    elif info["in_sync"]:
         text = f"TWINLOG OK - {node} and {peer} in sync (last seq {seqs})"
     elif not info["peer_reachable"]:
         reason = _reason_text(info["peer_reason"], info["peer_reason_text"])
@@ -590,6 +633,16 @@ def status_summary(info: dict[str, Any]) -> str:
             waiting.append(f"{_plural(to_peer, 'entry')} waiting to go to {peer}")
         if from_peer:
             waiting.append(f"{_plural(from_peer, 'entry')} waiting to come from {peer}")
+        if info.get("to_take_back"):
+            waiting.append(
+                f"{_plural(info['to_take_back'], 'entry')} of {node}'s own that its log lost "
+                f"to take back from {peer}"
+            )
+        if info.get("to_give_back"):
+            waiting.append(
+                f"{_plural(info['to_give_back'], 'entry')} of {peer}'s own that its log lost "
+                f"to give back"
+            )
         text = (
             f"TWINLOG WARNING - {' and '.join(waiting) or 'not in sync'}; run 'twinlog reconcile'"
         )
@@ -622,6 +675,13 @@ def status_details(info: dict[str, Any]) -> list[str]:
     if info["stuck_workers"]:
         pids = ", ".join(str(pid) for pid in info["stuck_workers"])
         lines.append(f"stuck peer workers: {pids}")
+    for conflict in info.get("conflicts", []):
+        origin = conflict["origin"]
+        holds = ", ".join(f"{n} up to {origin}:{s}" for n, s in conflict["marks"].items())
+        lines.append(
+            f"history conflict:  {origin}'s entries from {conflict['first_id']} on "
+            f"({holds}; found by {conflict['found_by']})"
+        )
     return lines
 
 
@@ -673,6 +733,11 @@ def prometheus_text(info: dict[str, Any]) -> str:
             "Entries present on one node's log and not yet on the other's.",
             pending,
         )
+    metric(
+        "twinlog_history_conflicts",
+        "Origins whose entries differ between the two logs under the same ids (twinlog repair).",
+        [({}, len(info.get("conflicts", [])))],
+    )
     metric(
         "twinlog_stuck_workers",
         "Peer worker processes stuck in the kernel (a hung mount).",
@@ -775,12 +840,51 @@ def cmd_verify(args: argparse.Namespace, con: Console) -> int:
             (f"missing on {cfg.peer} (peer)", result.missing_on_peer),
             (f"duplicated on {cfg.node}", result.duplicates_local),
             (f"duplicated on {cfg.peer}", result.duplicates_peer),
+            ("different entries under one id (history conflict)", result.conflicts),
         ):
             if ids:
                 con.print(f"{label}: {_ids(ids)}")
-        if result.missing_on_local or result.missing_on_peer:
+        if (result.missing_on_local or result.missing_on_peer) and not result.conflicts:
             con.print("run 'twinlog reconcile' to deliver what is missing")
+        if result.conflicts:
+            origin = result.conflicts[0].split(":", 1)[0]
+            con.print(f"run 'twinlog repair' on {origin} to re-log its conflicting entries")
     return 0 if result.in_sync else 1
+
+
+# -- repair -------------------------------------------------------------------------------
+def cmd_repair(args: argparse.Namespace, con: Console) -> int:
+    cfg = load_config(args)
+    with TwinLog(cfg) as log:
+        result = log.repair()
+    if args.json:
+        con.print(json.dumps(result.to_dict()))
+    elif result.repaired:
+        con.print(
+            f"repaired {cfg.node}'s history from {result.first_id} on: "
+            f"{cfg.peer}'s copy kept, {_plural(result.taken_back, 'entry')} taken back from it"
+        )
+        for old, new in result.relogged:
+            con.print(f"re-logged {old} as {new}")
+        if result.kept:
+            con.print(
+                f"kept {_plural(result.kept, 'later entry')} of {cfg.node} "
+                + ("under its id" if result.kept == 1 else "under their ids")
+            )
+        con.print(f"the replaced files are in {cfg.log_dir / (result.archive or '')}")
+    elif result.reason == "no_conflict":
+        con.print(f"nothing to repair: {cfg.node}'s history is the same on both nodes")
+    elif result.reason == "peer_history":
+        con.print(
+            f"the conflict is in {result.origin}'s history (from {result.first_id}): "
+            f"run 'twinlog repair' on {result.origin}"
+        )
+    else:
+        con.print(
+            f"cannot repair: peer {cfg.peer} not reachable ({_reason_text(result.reason)}); "
+            "repair needs both logs"
+        )
+    return 0 if result.repaired or result.reason == "no_conflict" else 1
 
 
 # -- demo ---------------------------------------------------------------------------------
@@ -826,6 +930,12 @@ COMMANDS: tuple[Command, ...] = (
         "make the active log a segment, then apply retention",
         _args_json,
         cmd_rotate,
+    ),
+    Command(
+        "repair",
+        "resolve a history conflict of this node's entries: re-log them after the peer's",
+        _args_json,
+        cmd_repair,
     ),
     Command(
         "demo",

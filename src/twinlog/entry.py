@@ -35,7 +35,7 @@ __all__ = [
 ]
 
 #: Names an extra field may not take: they identify or order the entry.
-RESERVED_FIELDS = frozenset({"id", "node", "seq", "ts", "msg", "hlc", "origin"})
+RESERVED_FIELDS = frozenset({"id", "node", "seq", "ts", "msg", "hlc", "origin", "replaces"})
 
 _PREFIX = b'{"id":"'
 _TS_KEY = b'"ts":"'

@@ -12,6 +12,8 @@ keeps working::
     +-- InvalidTypeError(TypeError)        ``msg`` not a str, a field value not JSON-serialisable
     +-- LockTimeoutError(TimeoutError)     a lock could not be taken within ``lock_timeout``
     +-- StorageError(OSError)              the local log cannot be made durable (disk full, EIO)
+    +-- NotInitialisedError(FileNotFoundError)  no log_dir: ``twinlog init`` was not run, or the
+    |                                      disk that holds it is not mounted
     +-- PeerError(OSError)                 a peer operation failed or timed out (internal: the
                                            write path turns it into "cache it"; never reaches
                                            ``TwinLog.write`` callers)
@@ -25,6 +27,7 @@ __all__ = [
     "InvalidTypeError",
     "LockTimeoutError",
     "MessageTooLargeError",
+    "NotInitialisedError",
     "PeerError",
     "ReservedFieldError",
     "StorageError",
@@ -62,6 +65,10 @@ class LockTimeoutError(TwinlogError, TimeoutError):
 
 class StorageError(TwinlogError, OSError):
     """The local log could not be written or made durable; the entry was not acknowledged."""
+
+
+class NotInitialisedError(TwinlogError, FileNotFoundError):
+    """``log_dir`` does not exist: run ``twinlog init``, or mount the disk that holds it."""
 
 
 class PeerError(TwinlogError, OSError):
