@@ -17,6 +17,15 @@ hit. Then it heals everything, runs one ``reconcile()`` per node and checks (:fu
 * both logs hold the same entries, ``read()`` is identical on both nodes, ``verify().in_sync``;
 * an unmounted peer mount point never received a file (it is a plain local directory then).
 
+With ``disks`` on, the nemesis also takes a node's disk: it stops the node's writers, wipes its
+log directory (a replaced disk) or restores a copy taken earlier (a snapshot rollback), and
+sometimes cuts the pair right after, so the node writes new entries under ids the peer holds
+(a history conflict). At the end, a node whose history conflicts is repaired
+(``TwinLog.repair``), and the checker also requires: never two different entries under one id,
+in any log or across both, and every acknowledged entry present under its id or, repaired,
+under the entry that replaced it (``replaces``). Real-time order is checked within each of a
+node's lives (between two disk events).
+
 Everything random comes from one seed, printed at the start and stored in the report: the same
 seed replays the same schedule of faults, kills and failpoints (timing on a loaded machine still
 differs, so a failure found by a seed is likely, not certain, to come back with it).
@@ -30,6 +39,7 @@ import itertools
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -46,6 +56,7 @@ from faultfs import FaultFS, FaultFSError, Mode
 from pairlib import Pair
 from twinlog import Config, TwinLog
 from twinlog._failpoints import POINTS
+from twinlog._fileops import DirOps
 
 __all__ = [
     "CheckResult",
@@ -73,6 +84,11 @@ TAG_ENV = "TWINLOG_HISTORY_TAG"  # marks the processes (writers, their workers) 
 
 Log = Callable[[str], None]
 _EVERY_WRITE = frozenset({"after_lock", "after_local_append", "after_push_append"})
+#: Reached by a repair process only, never by a writer (tests/test_history_crash.py).
+REPAIR_POINTS = tuple(p for p in POINTS if p.startswith("repair_"))
+#: Reached by writers only after the nemesis took a node's disk.
+DISK_POINTS = ("after_recover", "after_conflict_record")
+WRITER_POINTS = tuple(p for p in POINTS if p not in REPAIR_POINTS)
 
 
 # -- the history ------------------------------------------------------------------------------
@@ -146,6 +162,9 @@ class CheckResult:
     lost: dict[str, list[str]] = field(default_factory=dict)
     duplicated: dict[str, list[str]] = field(default_factory=dict)
     torn: dict[str, list[str]] = field(default_factory=dict)
+    #: acknowledged entries found re-logged by a repair (under a new id that ``replaces`` it)
+    repaired: dict[str, int] = field(default_factory=dict)
+    conflicting: int = 0  # ids under which the two logs hold different entries
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -179,6 +198,8 @@ def log_files(log_dir: Path) -> list[Path]:
 class _NodeLog:
     ids: list[str] = field(default_factory=list)  # in file order
     msgs: dict[str, str] = field(default_factory=dict)
+    lines: dict[str, bytes] = field(default_factory=dict)
+    replaced: dict[str, list[str]] = field(default_factory=dict)  # old id: messages re-logged
     torn: list[str] = field(default_factory=list)
 
 
@@ -199,6 +220,9 @@ def _read_node_log(log_dir: Path) -> _NodeLog:
                 continue
             out.ids.append(id_)
             out.msgs[id_] = msg
+            out.lines.setdefault(id_, raw)
+            if isinstance(doc.get("replaces"), str):
+                out.replaced.setdefault(doc["replaces"], []).append(msg)
     return out
 
 
@@ -218,18 +242,33 @@ def _realtime_violations(ops: list[WriteOp]) -> list[str]:
     return found
 
 
-def check_pair(pair: Pair, acks: list[WriteOp], configs: dict[str, Config]) -> CheckResult:
-    """Check the invariants of the module docstring on a healed, reconciled pair."""
+def check_pair(
+    pair: Pair,
+    acks: list[WriteOp],
+    configs: dict[str, Config],
+    lives: dict[str, list[float]] | None = None,
+) -> CheckResult:
+    """Check the invariants of the module docstring on a healed, reconciled pair. ``lives``:
+    when the nemesis took each node's disk (its writers were stopped then)."""
     result = CheckResult(acked=len(acks))
     logs = {node: _read_node_log(pair.log_dir(node)) for node in NODES}
     acked_ids = {op.id for op in acks}
-    if len(acked_ids) != len(acks):
-        twice = [i for i, n in collections.Counter(op.id for op in acks).items() if n > 1]
-        result.problems.append(f"the same id acknowledged twice: {twice[:10]}")
+    # An id is acknowledged twice only across a lost disk: then one of them was repaired.
+    for node, log in logs.items():
+        present = {op.id for op in acks if log.msgs.get(op.id) == op.msg}
+        repaired = {
+            (op.id, op.msg)
+            for op in acks
+            if op.id not in present and op.msg in log.replaced.get(op.id, ())
+        }
+        result.repaired[node] = len(repaired)
+        lost = {op.id for op in acks if op.id not in present and (op.id, op.msg) not in repaired}
+        result.lost[node] = sorted(lost)
+    # The same id acknowledged twice (only across a lost disk) leaves one of the two lost
+    # above unless a repair re-logged it.
     for node, log in logs.items():
         result.entries[node] = len(log.ids)
         counts = collections.Counter(log.ids)
-        result.lost[node] = sorted(acked_ids - set(counts))
         result.duplicated[node] = sorted(i for i, n in counts.items() if n > 1)
         result.torn[node] = log.torn
         if result.lost[node]:
@@ -254,9 +293,10 @@ def check_pair(pair: Pair, acks: list[WriteOp], configs: dict[str, Config]) -> C
                     f"{origin}'s entries in {node}'s log out of order or gapped at position "
                     f"{bad}: {seqs[max(0, bad - 3) : bad + 3]}"
                 )
-        wrong = [op.id for op in acks if op.id in log.msgs and log.msgs[op.id] != op.msg]
-        if wrong:
-            result.problems.append(f"{node}'s log has other messages for acked ids: {wrong[:10]}")
+    different = [i for i, line in logs["a"].lines.items() if logs["b"].lines.get(i, line) != line]
+    result.conflicting = len(different)
+    if different:
+        result.problems.append(f"different entries under one id on a and b: {different[:10]}")
     if set(logs["a"].ids) != set(logs["b"].ids):
         only_a = sorted(set(logs["a"].ids) - set(logs["b"].ids))
         only_b = sorted(set(logs["b"].ids) - set(logs["a"].ids))
@@ -274,7 +314,10 @@ def check_pair(pair: Pair, acks: list[WriteOp], configs: dict[str, Config]) -> C
         if any(x >= y for x, y in itertools.pairwise(seqs)):
             result.problems.append(f"writer {writer}'s acknowledged seqs not increasing")
     for node, ops in by_node.items():
-        violations = _realtime_violations(ops)
+        violations = []
+        bounds = [*(lives or {}).get(node, []), float("inf")]
+        for low, high in itertools.pairwise([float("-inf"), *bounds]):
+            violations += _realtime_violations([op for op in ops if low <= op.start < high])
         if violations:
             result.problems.append(
                 f"{len(violations)} real-time order violations on {node}: {violations[:3]}"
@@ -476,7 +519,8 @@ class HistoryConfig:
     io_timeout: float = 0.6
     lock_timeout: float = 20.0
     rotate_bytes: int = 8192
-    failpoints: tuple[str, ...] = POINTS  # the points writers are armed with
+    failpoints: tuple[str, ...] = WRITER_POINTS  # the points writers are armed with
+    disks: bool = True  # the nemesis also wipes or rolls back a node's directory
 
 
 @dataclass
@@ -497,6 +541,8 @@ class HistoryReport:
     max_workers: int = 0
     max_lock_wait_threads: int = 0
     one_trip_writes: int = 0
+    disk_events: collections.Counter[str] = field(default_factory=collections.Counter)
+    repairs: list[dict[str, Any]] = field(default_factory=list)
     workers_after_heal: int = 0
     reconcile: dict[str, dict[str, Any]] = field(default_factory=dict)
     check: CheckResult = field(default_factory=CheckResult)
@@ -510,7 +556,7 @@ class HistoryReport:
     def all_problems(self) -> list[str]:
         return self.problems + self.check.problems
 
-    failpoints: tuple[str, ...] = POINTS
+    failpoints: tuple[str, ...] = WRITER_POINTS
 
     @property
     def uncovered_failpoints(self) -> list[str]:
@@ -529,6 +575,8 @@ class HistoryReport:
             f"writers={self.writers} faults={sum(self.faults.values())} "
             f"kills={self.random_kills} failpoint_crashes={sum(self.failpoint_crashes.values())} "
             f"lost={self.check.lost_count} duplicated={self.check.duplicated_count} "
+            f"conflicting={self.check.conflicting} disks={dict(self.disk_events)} "
+            f"repairs={len(self.repairs)} "
             f"p50={lat['p50']:.1f}ms p99={lat['p99']:.1f}ms max={lat['max']:.1f}ms "
             f"problems={len(self.all_problems)}"
         )
@@ -543,6 +591,16 @@ class HistoryReport:
             ("entries present but never acknowledged", str(self.check.unacked_present)),
             ("**lost**", str(self.check.lost_count)),
             ("**duplicated**", str(self.check.duplicated_count)),
+            ("**ids with two different entries**", str(self.check.conflicting)),
+            (
+                "disks taken (wiped, rolled back; snapshots taken)",
+                f"{self.disk_events['wipe']}, {self.disk_events['rollback']}; "
+                f"{self.disk_events['snapshot']}",
+            ),
+            (
+                "history conflicts repaired (acknowledged entries found re-logged)",
+                f"{len(self.repairs)} ({max(self.check.repaired.values(), default=0)})",
+            ),
             ("torn lines", str(sum(len(t) for t in self.check.torn.values()))),
             ("write() errors", str(len(self.write_errors))),
             (
@@ -606,7 +664,13 @@ class _Run:
         self.log = log
         self.rng = random.Random(cfg.seed)
         self.tag = new_tag()
-        self.report = HistoryReport(seed=cfg.seed, failpoints=cfg.failpoints)
+        # Only a taken disk leads a writer to these, and only if it makes contact before the
+        # peer gives the node its history back: armed when a node starts a new life, not
+        # required (tests/test_history_crash.py reaches each of them).
+        failpoints = tuple(p for p in cfg.failpoints if p in WRITER_POINTS and p not in DISK_POINTS)
+        self.report = HistoryReport(seed=cfg.seed, failpoints=failpoints)
+        self.lives: dict[str, list[float]] = {node: [] for node in NODES}
+        self.snapshots: dict[str, Path] = {}
         self.configs = {
             node: pair.config(
                 node,
@@ -633,13 +697,16 @@ class _Run:
         self.generation += 1
         name = f"{node}{k}g{self.generation}"
         failpoint: str | None = None
-        if self.rng.random() < self.cfg.arm_probability:
+        new_life = bool(self.lives[node]) and time.monotonic() - self.lives[node][-1] < 1.0
+        if new_life and self.rng.random() < 0.5:
+            failpoint = self.rng.choice(DISK_POINTS)
+        elif self.rng.random() < self.cfg.arm_probability:
             # Points not yet reached first, the least armed of them; then any point.
             uncovered = self.report.uncovered_failpoints
             if uncovered and self.rng.random() < 0.8:
                 point = min(uncovered, key=lambda p: (self.armed[p], self.rng.random()))
             else:
-                point = self.rng.choice(self.cfg.failpoints)
+                point = self.rng.choice(self.report.failpoints)
             self.armed[point] += 1
             # Points passed on every write: die at one of the first few; the others are rarer.
             nth = self.rng.randint(1, 4) if point in _EVERY_WRITE else 1
@@ -719,6 +786,7 @@ class _Run:
         ("unmount", 1),
         ("kill", 4),
     )
+    DISK_ACTIONS = (("snapshot", 1), ("wipe", 1), ("rollback", 1))
     HANG_OPS = (
         ("write",),
         ("fsync", "flush"),
@@ -730,11 +798,15 @@ class _Run:
     )
 
     def step(self, now: float) -> None:
-        names = [a for a, _ in self.ACTIONS]
-        weights = [w for _, w in self.ACTIONS]
+        actions = self.ACTIONS + (self.DISK_ACTIONS if self.cfg.disks else ())
+        names = [a for a, _ in actions]
+        weights = [w for _, w in actions]
         action = self.rng.choices(names, weights)[0]
         node = self.rng.choice(NODES)
         nem = self.nemesis
+        if action in ("snapshot", "wipe", "rollback"):
+            self.take_disk(node, action)
+            return
         if action == "kill":
             live = [w for w in self.slots.values() if w is not None and not w.killed]
             live = [w for w in live if not w.failpoint] or live
@@ -772,6 +844,109 @@ class _Run:
         if action.startswith("hang"):
             lasts = min(lasts, self.cfg.max_hang)
         self.fault_until[node] = now + lasts
+
+    # -- disks ----------------------------------------------------------------------------
+    def take_disk(self, node: str, action: str) -> None:
+        """``snapshot``: copy the node's directory aside. ``wipe`` (a replaced disk) or
+        ``rollback`` (to the copy): stop the node's writers, make sure the peer holds all its
+        entries (the promise is about what the pair holds: an entry only on the lost disk is
+        lost with it), then empty its directory, or restore the copy, under its lock. Half the
+        time the pair is cut right after, so the node writes before it can recover."""
+        log_dir = self.pair.log_dir(node)
+        if action == "snapshot" or (action == "rollback" and node not in self.snapshots):
+            if (log_dir / "twinlog.conflict").exists():
+                return  # a copy taken in a conflict would bring it back after its repair
+            copy = self.workdir / f"snapshot-{node}"
+            shutil.rmtree(copy, ignore_errors=True)
+            with self.locked_dir(node):
+                shutil.copytree(log_dir, copy, ignore=shutil.ignore_patterns("twinlog.lock"))
+            self.snapshots[node] = copy
+            self.report.disk_events["snapshot"] += 1
+            return
+        self.stop_writers(node)
+        if self.settle(node):
+            snapshot = self.snapshots.pop(node, None)  # gone if settling repaired the node
+            if snapshot is None:
+                action = "wipe"
+            with self.locked_dir(node):
+                for path in log_dir.iterdir():
+                    if path.name in ("twinlog.node", "twinlog.lock"):
+                        continue  # ``twinlog init`` writes the same marker again
+                    if path.is_dir():
+                        shutil.rmtree(path)
+                    else:
+                        path.unlink()
+                if snapshot is not None and action == "rollback":
+                    shutil.copytree(snapshot, log_dir, dirs_exist_ok=True)
+            self.lives[node].append(time.monotonic())
+            self.report.disk_events[action] += 1
+            if self.rng.random() < 0.5:
+                for side in NODES:
+                    self.nemesis.unmount(side)
+                    self.fault_until[side] = time.monotonic() + self.rng.uniform(
+                        *self.cfg.fault_time
+                    )
+        for slot in self.slots:
+            if slot[0] == node:
+                self.respawn_at[slot] = 0.0
+
+    def stop_writers(self, node: str) -> None:
+        """SIGKILL the node's writers and reap them (they start again when told)."""
+        for slot, writer in self.slots.items():
+            if writer is None or writer.node != node:
+                continue
+            self.kill(writer)
+            self.record(writer, writer.proc.wait())
+            self.finished.append(writer)
+            self.slots[slot] = None
+            self.respawn_at[slot] = float("inf")
+
+    def settle(self, node: str) -> bool:
+        """Heal, repair whatever history conflict is known, and deliver the node's entries to
+        its peer. Whether the peer then holds every entry of the node's."""
+        self.nemesis.heal()
+        self.fault_until.clear()
+        for _ in range(10):
+            self.repair_conflicts()
+            with TwinLog(self.configs[node]) as twin:
+                twin.reconcile()
+                status = twin.status()
+            if (
+                status["peer_reachable"]
+                and not status["conflicts"]
+                and status["pending_to_peer"] == 0
+                and status["cache_entries"]["local"] == 0
+            ):
+                return True
+            time.sleep(0.2)
+        self.report.problems.append(f"could not settle {node} before taking its disk: {status}")
+        return False
+
+    def repair_conflicts(self) -> None:
+        """``twinlog repair`` on each node whose own history conflicts with its peer's copy."""
+        for node in NODES:
+            with TwinLog(self.configs[node]) as twin:
+                twin.reconcile()  # contact: finds a conflict that is there
+                conflicts = [c["origin"] for c in twin.status()["conflicts"]]
+                if node not in conflicts:
+                    continue
+                result = twin.repair()
+                self.report.repairs.append(result.to_dict())
+                if not result.repaired:
+                    self.report.problems.append(f"repair on {node} failed: {result.to_dict()}")
+                self.snapshots.pop(node, None)
+
+    @contextlib.contextmanager
+    def locked_dir(self, node: str) -> Iterator[None]:
+        """The node's directory lock, as its own writers take it (the peer's through NFS wait)."""
+        ops = DirOps(os.fspath(self.pair.log_dir(node)), lock_kind="ofd")
+        ops.open_dir(node, None, False)
+        ops.lock(self.cfg.lock_timeout)
+        try:
+            yield
+        finally:
+            ops.unlock()
+            ops.close()
 
     def end_faults(self, now: float) -> None:
         """Faults are transient: each ends (back to a normal mount) after its drawn duration."""
@@ -862,7 +1037,12 @@ class _Run:
                     f"reconcile on {node}, retry {attempt + 1} after {3 * (attempt + 1)} s: "
                     f"{rep.reconcile[node]}"
                 )
-        rep.check = check_pair(self.pair, acks, self.configs)
+        if self.cfg.disks:
+            self.repair_conflicts()
+            for node in NODES:
+                with TwinLog(self.configs[node]) as twin:
+                    twin.reconcile()
+        rep.check = check_pair(self.pair, acks, self.configs, self.lives)
         rep.elapsed = time.monotonic() - start
         self.log("history: " + rep.summary())
         return rep

@@ -29,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from history import HistoryConfig, HistoryReport, run_history
+from history import WRITER_POINTS, HistoryConfig, HistoryReport, run_history
 from twinlog._failpoints import POINTS
 
 START = "<!-- soak-report:start -->"
@@ -111,7 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 31)
     print(f"soak seed: {seed}", flush=True)
-    failpoints = tuple(p for p in POINTS if p not in args.skip_failpoint)
+    failpoints = tuple(p for p in WRITER_POINTS if p not in args.skip_failpoint)
     cfg = HistoryConfig(
         seed=seed,
         duration=args.seconds,
