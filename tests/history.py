@@ -200,6 +200,7 @@ class _NodeLog:
     msgs: dict[str, str] = field(default_factory=dict)
     lines: dict[str, bytes] = field(default_factory=dict)
     replaced: dict[str, list[str]] = field(default_factory=dict)  # old id: messages re-logged
+    relogged: set[str] = field(default_factory=set)  # ids of entries a repair re-logged
     torn: list[str] = field(default_factory=list)
 
 
@@ -223,6 +224,7 @@ def _read_node_log(log_dir: Path) -> _NodeLog:
             out.lines.setdefault(id_, raw)
             if isinstance(doc.get("replaces"), str):
                 out.replaced.setdefault(doc["replaces"], []).append(msg)
+                out.relogged.add(id_)
     return out
 
 
@@ -255,14 +257,15 @@ def check_pair(
     acked_ids = {op.id for op in acks}
     # An id is acknowledged twice only across a lost disk: then one of them was repaired.
     for node, log in logs.items():
-        present = {op.id for op in acks if log.msgs.get(op.id) == op.msg}
+        # By id and message: an id acknowledged twice is two writes.
+        present = {(op.id, op.msg) for op in acks if log.msgs.get(op.id) == op.msg}
         repaired = {
             (op.id, op.msg)
             for op in acks
-            if op.id not in present and op.msg in log.replaced.get(op.id, ())
+            if (op.id, op.msg) not in present and op.msg in log.replaced.get(op.id, ())
         }
         result.repaired[node] = len(repaired)
-        lost = {op.id for op in acks if op.id not in present and (op.id, op.msg) not in repaired}
+        lost = {op.id for op in acks if (op.id, op.msg) not in present | repaired}
         result.lost[node] = sorted(lost)
     # The same id acknowledged twice (only across a lost disk) leaves one of the two lost
     # above unless a repair re-logged it.
@@ -301,7 +304,7 @@ def check_pair(
         only_a = sorted(set(logs["a"].ids) - set(logs["b"].ids))
         only_b = sorted(set(logs["b"].ids) - set(logs["a"].ids))
         result.problems.append(f"logs differ: only in a {only_a[:10]}, only in b {only_b[:10]}")
-    result.unacked_present = len(set(logs["a"].ids) - acked_ids)
+    result.unacked_present = len(set(logs["a"].ids) - acked_ids - logs["a"].relogged)
     by_writer: dict[str, list[WriteOp]] = collections.defaultdict(list)
     by_node: dict[str, list[WriteOp]] = collections.defaultdict(list)
     for op in acks:
