@@ -861,6 +861,10 @@ class _Run:
                 return  # a copy taken in a conflict would bring it back after its repair
             copy = self.workdir / f"snapshot-{node}"
             shutil.rmtree(copy, ignore_errors=True)
+            # Only this loop ends a hang: one that holds the node's lock through the peer's
+            # mount would hold it for as long as we wait.
+            self.nemesis.heal()
+            self.fault_until.clear()
             with self.locked_dir(node):
                 shutil.copytree(log_dir, copy, ignore=shutil.ignore_patterns("twinlog.lock"))
             self.snapshots[node] = copy
