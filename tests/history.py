@@ -265,7 +265,8 @@ def check_pair(
             if (op.id, op.msg) not in present and op.msg in log.replaced.get(op.id, ())
         }
         result.repaired[node] = len(repaired)
-        lost = {op.id for op in acks if (op.id, op.msg) not in present | repaired}
+        accounted = present | repaired
+        lost = {op.id for op in acks if (op.id, op.msg) not in accounted}
         result.lost[node] = sorted(lost)
     # The same id acknowledged twice (only across a lost disk) leaves one of the two lost
     # above unless a repair re-logged it.
