@@ -54,7 +54,7 @@ import psutil
 
 from faultfs import FaultFS, FaultFSError, Mode
 from pairlib import Pair
-from twinlog import Config, TwinLog
+from twinlog import Config, LockTimeoutError, TwinLog
 from twinlog._failpoints import POINTS
 from twinlog._fileops import DirOps
 
@@ -856,6 +856,17 @@ class _Run:
         entries (the promise is about what the pair holds: an entry only on the lost disk is
         lost with it), then empty its directory, or restore the copy, under its lock. Half the
         time the pair is cut right after, so the node writes before it can recover."""
+        try:
+            self._take_disk(node, action)
+        except LockTimeoutError:
+            # Writers queue on the lock too, each for up to lock_timeout: a busy lock is not a
+            # finding, only a disk not taken this time.
+            self.report.disk_events["lock busy"] += 1
+        for slot in self.slots:
+            if slot[0] == node and self.slots[slot] is None:
+                self.respawn_at[slot] = min(self.respawn_at.get(slot, 0.0), time.monotonic())
+
+    def _take_disk(self, node: str, action: str) -> None:
         log_dir = self.pair.log_dir(node)
         if action == "snapshot" or (action == "rollback" and node not in self.snapshots):
             if (log_dir / "twinlog.conflict").exists():
@@ -894,9 +905,6 @@ class _Run:
                     self.fault_until[side] = time.monotonic() + self.rng.uniform(
                         *self.cfg.fault_time
                     )
-        for slot in self.slots:
-            if slot[0] == node:
-                self.respawn_at[slot] = 0.0
 
     def stop_writers(self, node: str) -> None:
         """SIGKILL the node's writers and reap them (they start again when told)."""
@@ -949,11 +957,13 @@ class _Run:
         """The node's directory lock, as its own writers take it (the peer's through NFS wait)."""
         ops = DirOps(os.fspath(self.pair.log_dir(node)), lock_kind="ofd")
         ops.open_dir(node, None, False)
-        ops.lock(self.cfg.lock_timeout)
         try:
-            yield
+            ops.lock(3 * self.cfg.lock_timeout)  # behind writers that each wait up to lock_timeout
+            try:
+                yield
+            finally:
+                ops.unlock()
         finally:
-            ops.unlock()
             ops.close()
 
     def end_faults(self, now: float) -> None:
