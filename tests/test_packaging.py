@@ -94,7 +94,7 @@ def test_metadata_names_the_project_and_its_version(dist: Path) -> None:
     assert meta["Version"] == PYPROJECT["project"]["version"]
     assert meta["Requires-Python"] == ">=3.11"
     urls = dict(u.split(", ", 1) for u in meta.get_all("Project-URL") or [])
-    assert {"Source", "Issues", "Documentation"} <= set(urls), urls
+    assert {"Source", "Changelog", "Issues", "Documentation"} <= set(urls), urls
     # The documents the URLs point into exist at those paths in this repository.
     for url in urls.values():
         if "/blob/main/" in url:
@@ -109,3 +109,21 @@ def test_every_runtime_dependency_is_imported() -> None:
         assert name is not None, requirement
         module = name[0].lower().replace("-", "_")
         assert re.search(rf"^\s*(import|from) {module}\b", sources, re.MULTILINE), requirement
+
+
+def test_version_is_the_newest_release_in_the_changelog() -> None:
+    """Keep a Changelog: an Unreleased section on top, then one entry per released version,
+    newest first; pyproject.toml carries the newest."""
+    changelog = (REPO / "CHANGELOG.md").read_text()
+    headings = re.findall(r"^## \[([^\]]+)\](.*)$", changelog, re.MULTILINE)
+    assert headings[0] == ("Unreleased", "")
+    released = headings[1:]
+    assert released, "no released version in CHANGELOG.md"
+    for version, date in released:
+        assert re.fullmatch(r"\d+\.\d+\.\d+", version), version
+        assert re.fullmatch(r" - \d{4}-\d{2}-\d{2}", date), (version, date)
+    versions = [tuple(int(p) for p in v.split(".")) for v, _ in released]
+    assert versions == sorted(versions, reverse=True) and len(set(versions)) == len(versions)
+    assert PYPROJECT["project"]["version"] == released[0][0]
+    for version, _ in headings:  # every heading has its link at the bottom
+        assert re.search(rf"^\[{re.escape(version)}\]: https://", changelog, re.MULTILINE), version
