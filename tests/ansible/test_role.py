@@ -503,7 +503,6 @@ def test_systemd_units_verify(deployed: tuple[Node, list[Any]]) -> None:
     unit_dir = node.path("/etc/systemd/system")
     units = sorted(unit_dir.iterdir())
     assert [u.name for u in units] == [
-        "twinlog-peer-mount.service",
         "twinlog-reconcile.service",
         "twinlog-reconcile.timer",
         "twinlog-rotate.service",
@@ -520,6 +519,29 @@ def test_systemd_units_verify(deployed: tuple[Node, list[Any]]) -> None:
     assert "ProtectSystem=strict\n" in service
     assert "OnCalendar=minutely\n" in (unit_dir / "twinlog-reconcile.timer").read_text()
     assert "OnCalendar=daily\n" in (unit_dir / "twinlog-rotate.timer").read_text()
+    # systemd's own mount unit of the peer mount point (from fstab) mounts the peer before a run.
+    mount_unit = run(
+        ["systemd-escape", "--path", "--suffix=mount", node.path("/var/lib/twinlog/peer")]
+    ).stdout.strip()
+    assert mount_unit.endswith("-var-lib-twinlog-peer.mount"), mount_unit
+    assert f"Wants=network-online.target {mount_unit}\n" in service
+    assert f"After=network-online.target remote-fs.target {mount_unit}\n" in service
+
+
+EXPOSURE = re.compile(r"^→ Overall exposure level for (\S+): (\d+\.\d+) ", re.MULTILINE)
+
+
+def test_systemd_services_are_sandboxed(deployed: tuple[Node, list[Any]]) -> None:
+    """systemd-analyze security rates every service the role installs 2.0 or better (of 10)."""
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("systemd-analyze is not installed")
+    node, _ = deployed
+    services = sorted(node.path("/etc/systemd/system").glob("*.service"))
+    assert len(services) == 2, services
+    proc = run(["systemd-analyze", "security", "--offline=yes", "--no-pager", *services])
+    exposure = {name: float(level) for name, level in EXPOSURE.findall(proc.stdout)}
+    assert set(exposure) == {s.name for s in services}, proc.stdout
+    assert all(level <= 2.0 for level in exposure.values()), (exposure, proc.stdout)
 
 
 def test_exports_and_nfs_lease(deployed: tuple[Node, list[Any]]) -> None:
