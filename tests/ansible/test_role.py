@@ -19,6 +19,7 @@ import sys
 import tempfile
 import tomllib
 from collections.abc import Iterator, Mapping, Sequence
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -494,6 +495,43 @@ def test_virtualenv_runs_the_real_package(deployed: tuple[Node, list[Any]]) -> N
     assert proc.stdout.startswith(str(venv))
     assert (venv / "bin/twinlog").is_file()
     assert (node.path("/opt/twinlog/wheels")).is_dir()
+
+
+def parser_commands() -> list[str]:
+    """The subcommands of the command line as this checkout's parser defines them."""
+    from twinlog.cli import build_parser
+
+    (commands,) = (
+        action.choices
+        for action in build_parser()._actions
+        if isinstance(action.choices, dict) and action.dest == "command"
+    )
+    return sorted(commands)
+
+
+def test_bash_completion_and_man_page_follow_the_parser(deployed: tuple[Node, list[Any]]) -> None:
+    """Generated on the node from the installed parser, so they name every command it has."""
+    node, _ = deployed
+    completion = node.path("/usr/share/bash-completion/completions/twinlog")
+    man_page = node.path("/usr/share/man/man1/twinlog.1")
+    assert mode_owner(completion) == (0o644, 0, 0)
+    assert mode_owner(man_page) == (0o644, 0, 0)
+    commands = parser_commands()
+    assert {"init", "write", "tail", "status", "reconcile"} <= set(commands)
+    script = completion.read_text()
+    (listed,) = re.findall(r"^_shtab_twinlog_subparsers=\((.*)\)$", script, re.MULTILINE)
+    assert sorted(listed.split()) == commands
+    assert re.search(r"^complete .*-F _shtab_twinlog twinlog$", script, re.MULTILINE), script
+    run(["bash", "-n", completion])
+    page = man_page.read_text()
+    assert page.startswith('.TH TWINLOG "1" ')
+    assert f'"twinlog {metadata.version("twinlog")}"' in page.splitlines()[0]
+    for command in commands:
+        assert f"\\fBtwinlog\\fR \\fI\\,{command}\\/\\fR" in page, command
+    # Rendered when a man formatter is at hand: no warnings from the markup.
+    if shutil.which("man") and shutil.which("groff"):
+        rendered = run(["man", "--warnings", "-l", man_page], {**os.environ, "MANWIDTH": "80"})
+        assert rendered.stderr == "", rendered.stderr
 
 
 def test_systemd_units_verify(deployed: tuple[Node, list[Any]]) -> None:
