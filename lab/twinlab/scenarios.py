@@ -522,7 +522,8 @@ def dead_peer(lab: Lab, results: ProofResults) -> None:
     started = time.monotonic()
     lab.boot("twin-b")  # cold, from its own disk: the deployment is on it
     results.numbers["dead_peer_boot_s"] = round(time.monotonic() - started, 1)
-    # The peer mount on twin-b comes from fstab (nofail) or twinlog-peer-mount.service.
+    # The peer mount on twin-b comes from fstab (nofail) at boot, or from the same mount unit
+    # pulled in again by the next twinlog-reconcile.service.
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if lab.ssh("twin-b", f"findmnt {PEER_DIR}", check=False).returncode == 0:

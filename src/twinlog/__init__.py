@@ -7,6 +7,8 @@
 
 from __future__ import annotations
 
+from importlib import metadata
+
 from twinlog._api import ReconcileResult, TwinLog
 from twinlog._read import VerifyResult
 from twinlog._repair import RepairResult
@@ -43,4 +45,8 @@ __all__ = [
     "TwinlogError",
     "VerifyResult",
 ]
-__version__ = "0.1.0"
+try:
+    # The installed distribution's version (pyproject.toml), so `twinlog --version` cannot drift.
+    __version__ = metadata.version("twinlog")
+except metadata.PackageNotFoundError:  # a source tree on sys.path without an install
+    __version__ = "0+unknown"

@@ -9,6 +9,7 @@ changes. NFS server, mount and systemd manager steps are switched off; the files
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -16,9 +17,11 @@ import shutil
 import stat
 import subprocess
 import sys
+import tarfile
 import tempfile
 import tomllib
 from collections.abc import Iterator, Mapping, Sequence
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -69,12 +72,13 @@ def run(
     env: Mapping[str, str] | None = None,
     *,
     check: bool = True,
+    cwd: Path = REPO,
 ) -> subprocess.CompletedProcess[str]:
     args = [os.fspath(a) for a in argv]
     proc = subprocess.run(
         args,
         env=env,
-        cwd=REPO,
+        cwd=cwd,
         capture_output=True,
         text=True,
         timeout=ANSIBLE_TIMEOUT,
@@ -114,6 +118,11 @@ def changed_tasks(stdout: str) -> list[str]:
 def test_ansible_lint_production_profile(tmp_path: Path) -> None:
     if tool("ansible-lint") is None:
         pytest.skip("ansible-lint is not installed (pip install ansible-lint)")
+    # ansible/ is the collection twinlog.pair; its playbook names the role by its full name.
+    env = ansible_env(tmp_path)
+    (tmp_path / "ansible_collections/twinlog").mkdir(parents=True)
+    (tmp_path / "ansible_collections/twinlog/pair").symlink_to(ANSIBLE_DIR)
+    env["ANSIBLE_COLLECTIONS_PATH"] = str(tmp_path)
     proc = run(
         [
             "ansible-lint",
@@ -127,7 +136,7 @@ def test_ansible_lint_production_profile(tmp_path: Path) -> None:
             "inventory/",
             "tests/ansible/",
         ],
-        ansible_env(tmp_path),
+        env,
         check=False,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -294,22 +303,35 @@ def can_unshare() -> bool:
 class Node:
     """A scratch node: twinlog_root, a private copy of /etc, and the inventory to run against."""
 
-    def __init__(self, tmp: Path, wheelhouse: Path, python: str) -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        python: str,
+        *,
+        source: Mapping[str, object],
+        inventory: Path | None = None,
+        site: Path = ANSIBLE_DIR / "site.yml",
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        """``source``: the settings that say where twinlog comes from (wheelhouse, build);
+        ``site``: the playbook; ``env``: ansible-playbook's environment (default: the roles of this
+        checkout)."""
         self.after_check: dict[str, object] = {}
         self.tmp = tmp
         self.root = tmp / "root"
         self.etc = tmp / "etc"
+        self.site = site
+        self.env = dict(env) if env is not None else ansible_env(tmp)
         self.root.mkdir()
         # The service account goes into this copy, bind-mounted over /etc for ansible-playbook only.
         subprocess.run(["cp", "-a", "/etc", self.etc], check=True)
-        self.inventory = tmp / "inventory.yml"
+        self.inventory = inventory or tmp / "inventory.yml"
         common = {
             "ansible_python_interpreter": sys.executable,
             "ansible_become": False,
             "twinlog_root": str(self.root),
             "twinlog_python": python,
-            "twinlog_wheelhouse": str(wheelhouse),
-            "twinlog_build_wheelhouse": False,
+            **source,
             "twinlog_manage_packages": False,
             "twinlog_manage_nfs_server": False,
             "twinlog_manage_mount": False,
@@ -355,9 +377,9 @@ class Node:
             "--limit",
             "node-a",
             *extra,
-            str(ANSIBLE_DIR / "site.yml"),
+            str(self.site),
         ]
-        return run(argv, ansible_env(self.tmp))
+        return run(argv, self.env, cwd=self.site.parent)
 
     def path(self, node_path: str) -> Path:
         return Path(os.fspath(self.root) + node_path)
@@ -377,11 +399,10 @@ def snapshot(paths: Sequence[str]) -> dict[str, object]:
     return state
 
 
-@pytest.fixture(scope="module")
-def deployed(
-    wheelhouse: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[Node, list[subprocess.CompletedProcess[str]]]]:
-    """Check mode on a fresh node, two real runs, then check mode again."""
+@contextlib.contextmanager
+def scratch_area() -> Iterator[tuple[Path, str]]:
+    """A scratch directory for real runs of the role and the node's Python; skips where such runs
+    cannot happen, and checks afterwards that nothing outside the scratch directory changed."""
     if not can_unshare():
         pytest.skip("the real run needs root and mount namespaces (unshare --mount)")
     watched = [
@@ -392,6 +413,8 @@ def deployed(
         "/opt/twinlog",
         "/var/lib/twinlog",
         "/etc/systemd/system",
+        "/usr/share/bash-completion/completions/twinlog",
+        "/usr/share/man/man1/twinlog.1",
     ]
     before = snapshot(watched)
     python = node_python()
@@ -401,14 +424,22 @@ def deployed(
     tmp = Path(tempfile.mkdtemp(prefix="twinlog-ansible-"))
     tmp.chmod(0o755)
     try:
-        node = Node(tmp, wheelhouse, python)
+        yield tmp, python
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    assert snapshot(watched) == before, "the runs changed the machine outside the test area"
+
+
+@pytest.fixture(scope="module")
+def deployed(wheelhouse: Path) -> Iterator[tuple[Node, list[subprocess.CompletedProcess[str]]]]:
+    """Check mode on a fresh node, two real runs, then check mode again."""
+    with scratch_area() as (tmp, python):
+        source = {"twinlog_wheelhouse": str(wheelhouse), "twinlog_build_wheelhouse": False}
+        node = Node(tmp, python, source=source)
         runs = [node.playbook("--check", "--diff")]
         node.after_check = snapshot([str(node.etc / "passwd"), str(node.root)])
         runs += [node.playbook(), node.playbook(), node.playbook("--check", "--diff")]
         yield node, runs
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    assert snapshot(watched) == before, "the runs changed the machine outside the test area"
 
 
 def test_check_mode_on_a_fresh_node_reports_changes_and_makes_none(
@@ -496,6 +527,43 @@ def test_virtualenv_runs_the_real_package(deployed: tuple[Node, list[Any]]) -> N
     assert (node.path("/opt/twinlog/wheels")).is_dir()
 
 
+def parser_commands() -> list[str]:
+    """The subcommands of the command line as this checkout's parser defines them."""
+    from twinlog.cli import build_parser
+
+    (commands,) = (
+        action.choices
+        for action in build_parser()._actions
+        if isinstance(action.choices, dict) and action.dest == "command"
+    )
+    return sorted(commands)
+
+
+def test_bash_completion_and_man_page_follow_the_parser(deployed: tuple[Node, list[Any]]) -> None:
+    """Generated on the node from the installed parser, so they name every command it has."""
+    node, _ = deployed
+    completion = node.path("/usr/share/bash-completion/completions/twinlog")
+    man_page = node.path("/usr/share/man/man1/twinlog.1")
+    assert mode_owner(completion) == (0o644, 0, 0)
+    assert mode_owner(man_page) == (0o644, 0, 0)
+    commands = parser_commands()
+    assert {"init", "write", "tail", "status", "reconcile"} <= set(commands)
+    script = completion.read_text()
+    (listed,) = re.findall(r"^_shtab_twinlog_subparsers=\((.*)\)$", script, re.MULTILINE)
+    assert sorted(listed.split()) == commands
+    assert re.search(r"^complete .*-F _shtab_twinlog twinlog$", script, re.MULTILINE), script
+    run(["bash", "-n", completion])
+    page = man_page.read_text()
+    assert page.startswith('.TH TWINLOG "1" ')
+    assert f'"twinlog {metadata.version("twinlog")}"' in page.splitlines()[0]
+    for command in commands:
+        assert f"\\fBtwinlog\\fR \\fI\\,{command}\\/\\fR" in page, command
+    # Rendered when a man formatter is at hand: no warnings from the markup.
+    if shutil.which("man") and shutil.which("groff"):
+        rendered = run(["man", "--warnings", "-l", man_page], {**os.environ, "MANWIDTH": "80"})
+        assert rendered.stderr == "", rendered.stderr
+
+
 def test_systemd_units_verify(deployed: tuple[Node, list[Any]]) -> None:
     if shutil.which("systemd-analyze") is None:
         pytest.skip("systemd-analyze is not installed")
@@ -503,7 +571,6 @@ def test_systemd_units_verify(deployed: tuple[Node, list[Any]]) -> None:
     unit_dir = node.path("/etc/systemd/system")
     units = sorted(unit_dir.iterdir())
     assert [u.name for u in units] == [
-        "twinlog-peer-mount.service",
         "twinlog-reconcile.service",
         "twinlog-reconcile.timer",
         "twinlog-rotate.service",
@@ -520,6 +587,29 @@ def test_systemd_units_verify(deployed: tuple[Node, list[Any]]) -> None:
     assert "ProtectSystem=strict\n" in service
     assert "OnCalendar=minutely\n" in (unit_dir / "twinlog-reconcile.timer").read_text()
     assert "OnCalendar=daily\n" in (unit_dir / "twinlog-rotate.timer").read_text()
+    # systemd's own mount unit of the peer mount point (from fstab) mounts the peer before a run.
+    mount_unit = run(
+        ["systemd-escape", "--path", "--suffix=mount", node.path("/var/lib/twinlog/peer")]
+    ).stdout.strip()
+    assert mount_unit.endswith("-var-lib-twinlog-peer.mount"), mount_unit
+    assert f"Wants=network-online.target {mount_unit}\n" in service
+    assert f"After=network-online.target remote-fs.target {mount_unit}\n" in service
+
+
+EXPOSURE = re.compile(r"^→ Overall exposure level for (\S+): (\d+\.\d+) ", re.MULTILINE)
+
+
+def test_systemd_services_are_sandboxed(deployed: tuple[Node, list[Any]]) -> None:
+    """systemd-analyze security rates every service the role installs 2.0 or better (of 10)."""
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("systemd-analyze is not installed")
+    node, _ = deployed
+    services = sorted(node.path("/etc/systemd/system").glob("*.service"))
+    assert len(services) == 2, services
+    proc = run(["systemd-analyze", "security", "--offline=yes", "--no-pager", *services])
+    exposure = {name: float(level) for name, level in EXPOSURE.findall(proc.stdout)}
+    assert set(exposure) == {s.name for s in services}, proc.stdout
+    assert all(level <= 2.0 for level in exposure.values()), (exposure, proc.stdout)
 
 
 def test_exports_and_nfs_lease(deployed: tuple[Node, list[Any]]) -> None:
@@ -531,3 +621,118 @@ def test_exports_and_nfs_lease(deployed: tuple[Node, list[Any]]) -> None:
     ]
     nfs_conf = node.path("/etc/nfs.conf.d/twinlog.conf").read_text()
     assert "[nfsd]\nlease-time = 10\ngrace-time = 10\n" in nfs_conf
+
+
+# -- the collection, built and installed as a user would, deployed without a checkout -------------
+
+COLLECTION = "twinlog.pair"
+TWO_LINE_PLAYBOOK = "---\n- ansible.builtin.import_playbook: twinlog.pair.deploy\n"
+
+
+@pytest.fixture(scope="module")
+def collection_tarball(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("collection")
+    run(
+        ["ansible-galaxy", "collection", "build", ANSIBLE_DIR, "--output-path", out],
+        ansible_env(out),
+    )
+    (tarball,) = out.glob("twinlog-pair-*.tar.gz")
+    return tarball
+
+
+def test_collection_holds_the_role_and_the_playbook_only(collection_tarball: Path) -> None:
+    with tarfile.open(collection_tarball) as tar:
+        names = set(tar.getnames())
+        manifest = json.load(tar.extractfile("MANIFEST.json"))  # type: ignore[arg-type]
+    role_files = {
+        f"roles/twinlog/{p.relative_to(ANSIBLE_DIR / 'roles/twinlog')}"
+        for p in (ANSIBLE_DIR / "roles/twinlog").rglob("*")
+        if p.is_file()
+    }
+    assert role_files <= names
+    assert {"README.md", "meta/runtime.yml", "playbooks/deploy.yml"} <= names
+    assert "roles/twinlog/README.md" in names
+    # The repository's development files stay out.
+    assert not names & {"site.yml", "requirements.yml", ".ansible-lint", "galaxy.yml"}
+    info = manifest["collection_info"]
+    assert (info["namespace"], info["name"]) == ("twinlog", "pair")
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    assert info["version"] == pyproject["project"]["version"]
+    assert info["dependencies"] == {"ansible.posix": ">=1.5.0"}
+
+
+def install_collection(tarball: Path, tmp: Path) -> dict[str, str]:
+    """Install the tarball into a scratch collections path; return an environment that finds
+    the collection there and no role of this checkout."""
+    collections = tmp / "collections"
+    env = ansible_env(tmp)
+    run(["ansible-galaxy", "collection", "install", tarball, "-p", collections], env)
+    (tmp / "no-roles").mkdir()
+    env.update(ANSIBLE_COLLECTIONS_PATH=str(collections), ANSIBLE_ROLES_PATH=str(tmp / "no-roles"))
+    return env
+
+
+def test_role_documentation_comes_from_the_argument_specs(
+    collection_tarball: Path, tmp_path: Path
+) -> None:
+    """The role's README sends readers to ansible-doc, which renders meta/argument_specs.yml: it
+    must document every variable the role's defaults set."""
+    env = install_collection(collection_tarball, tmp_path)
+    proc = run(["ansible-doc", "-t", "role", "--json", f"{COLLECTION}.twinlog"], env)
+    options = json.loads(proc.stdout)[f"{COLLECTION}.twinlog"]["entry_points"]["main"]["options"]
+    defaults = (ANSIBLE_DIR / "roles/twinlog/defaults/main.yml").read_text()
+    variables = set(re.findall(r"^(twinlog_\w+):", defaults, re.MULTILINE))
+    assert variables == set(options)
+    readme = (ANSIBLE_DIR / "roles/twinlog/README.md").read_text()
+    assert f"ansible-doc -t role {COLLECTION}.twinlog" in readme
+
+
+@pytest.fixture(scope="module")
+def deployed_from_collection(
+    collection_tarball: Path, wheelhouse: Path
+) -> Iterator[tuple[Node, list[subprocess.CompletedProcess[str]]]]:
+    """A deploy directory with an inventory, a two-line playbook and a wheelhouse, nothing of
+    twinlog's source; the collection installed from its tarball; two real runs."""
+    with scratch_area() as (tmp, python):
+        env = install_collection(collection_tarball, tmp)
+        deploy = tmp / "deploy"
+        deploy.mkdir()
+        (deploy / "site.yml").write_text(TWO_LINE_PLAYBOOK)
+        (deploy / "wheelhouse").mkdir()
+        for wheel in wheelhouse.glob("*.whl"):
+            shutil.copy(wheel, deploy / "wheelhouse")
+        # No twinlog_wheelhouse: the default, the wheelhouse beside the inventory.
+        node = Node(
+            tmp,
+            python,
+            source={},
+            inventory=deploy / "inventory.yml",
+            site=deploy / "site.yml",
+            env=env,
+        )
+        assert sorted(p.name for p in deploy.iterdir()) == [
+            "inventory.yml",
+            "site.yml",
+            "wheelhouse",
+        ]
+        yield node, [node.playbook(), node.playbook()]
+
+
+def test_deploy_from_the_built_collection(
+    deployed_from_collection: tuple[Node, list[subprocess.CompletedProcess[str]]],
+) -> None:
+    node, (first, second) = deployed_from_collection
+    assert "TASK [twinlog.pair.twinlog : " in first.stdout
+    assert recap(first.stdout)["node-a"]["failed"] == 0
+    assert recap(second.stdout)["node-a"]["changed"] == 0, changed_tasks(second.stdout)
+    version = metadata.version("twinlog")
+    proc = run([node.path("/opt/twinlog/venv/bin/twinlog"), "--version"])
+    assert proc.stdout == f"twinlog {version}\n"
+    config = tomllib.loads(node.path("/etc/twinlog/twinlog.toml").read_text())
+    assert (config["node"], config["peer"]) == ("node-a", "node-b")
+    assert node.path("/var/lib/twinlog/log/twinlog.node").read_text().strip() == "node-a"
+    assert node.path("/usr/share/man/man1/twinlog.1").is_file()
+    units = sorted(p.name for p in node.path("/etc/systemd/system").iterdir())
+    assert units == [
+        f"twinlog-{c}.{k}" for c in ("reconcile", "rotate") for k in ("service", "timer")
+    ]
