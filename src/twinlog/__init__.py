@@ -15,6 +15,7 @@ from twinlog.entry import Entry
 from twinlog.exceptions import (
     ConfigError,
     InvalidEntryError,
+    InvalidQueryError,
     InvalidTypeError,
     LockTimeoutError,
     MessageTooLargeError,
@@ -30,6 +31,7 @@ __all__ = [
     "ConfigError",
     "Entry",
     "InvalidEntryError",
+    "InvalidQueryError",
     "InvalidTypeError",
     "LockTimeoutError",
     "MessageTooLargeError",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import threading
 import time
 import weakref
@@ -17,6 +18,7 @@ from twinlog._group import Follower, Leadership, follow, socket_name
 from twinlog._history import Conflict, find_conflict, read_conflicts, record_conflicts
 from twinlog._locks import LOCK_FILE
 from twinlog._peer import RemoteOps
+from twinlog._query import Query, TimeBound
 from twinlog._read import (
     VerifyResult,
     compare,
@@ -912,11 +914,28 @@ class TwinLog:
                 self._peer.checkpoint_if_due()
 
     # -- reading ------------------------------------------------------------------------
-    def read(self) -> Iterator[Entry]:
+    def read(
+        self,
+        *,
+        since: TimeBound | None = None,
+        until: TimeBound | None = None,
+        level: str | None = None,
+        node: str | None = None,
+        grep: str | re.Pattern[str] | None = None,
+        fields: Mapping[str, Any] | None = None,
+    ) -> Iterator[Entry]:
         """Every entry of both nodes in this node's log, once each, in the merged order.
 
-        Reads only local files; identical on both nodes once they have converged.
+        Reads only local files; identical on both nodes once they have converged. Filters, all
+        of which must hold: ``since <= ts < until`` (a timezone-aware datetime, RFC 3339 text or
+        a duration back from now such as ``"15m"``), ``level`` and more severe (no level counts
+        as INFO), origin ``node``, ``grep`` (a regular expression searched in ``msg``) and
+        ``fields`` (each key present with that value). A bad filter raises InvalidQueryError.
         """
+        query = Query.build(
+            since=since, until=until, level=level, node=node, grep=grep, fields=fields
+        )
+        origins = [o for o in (self.config.node, self.config.peer) if query.node in (None, o)]
         dir_ops = DirOps(os.fspath(self.config.log_dir))
         dir_ops.open_dir(self.config.node, None, False)
         store = LogStore(dir_ops, self.config.node, fsync=False)
@@ -925,7 +944,9 @@ class TwinLog:
 
         def entries() -> Iterator[Entry]:
             try:
-                yield from merged_entries(store, files, [self.config.node, self.config.peer])
+                for entry in merged_entries(store, files, origins, query.since, query.until):
+                    if query.matches(entry):
+                        yield entry
             finally:
                 pinned.close()
                 dir_ops.close()

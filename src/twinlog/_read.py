@@ -68,13 +68,22 @@ def snapshot_files(store: LogStore) -> list[tuple[str, int | None]]:
 
 
 def _origin_entries(
-    store: LogStore, files: list[tuple[str, int | None]], origin: str
+    store: LogStore,
+    files: list[tuple[str, int | None]],
+    origin: str,
+    since: str | None = None,
+    until: str | None = None,
 ) -> Iterator[Entry]:
     last = 0
     for line in _lines(store, files):
         key = parse_key(line)
         if key is None or key[0] != origin or key[1] <= last:
             continue  # another origin, not an entry, or a duplicate: shown once
+        if until is not None and key[2] >= until:
+            return  # an origin's timestamps only go up: nothing later is in the window
+        if since is not None and key[2] < since:
+            last = key[1]
+            continue  # before the window: not even decoded
         entry = decode_line(line)
         if entry is None:
             continue
@@ -83,11 +92,16 @@ def _origin_entries(
 
 
 def merged_entries(
-    store: LogStore, files: list[tuple[str, int | None]], origins: list[str]
+    store: LogStore,
+    files: list[tuple[str, int | None]],
+    origins: list[str],
+    since: str | None = None,
+    until: str | None = None,
 ) -> Iterator[Entry]:
     """Every entry of ``origins`` once, ordered by (ts, node, seq): a k-way merge of the origins'
-    own streams, each already in that order, so memory stays constant whatever the log size."""
-    streams = [_origin_entries(store, files, origin) for origin in origins]
+    own streams, each already in that order, so memory stays constant whatever the log size.
+    ``since``/``until``: only entries with ``since <= ts < until``."""
+    streams = [_origin_entries(store, files, origin, since, until) for origin in origins]
     return heapq.merge(*streams, key=lambda e: e.sort_key)
 
 

@@ -29,9 +29,10 @@ from typing import IO, Any, NoReturn, TextIO
 from twinlog import __version__
 from twinlog._api import TwinLog
 from twinlog._fileops import LOG_FILE, MARKER_FILE
+from twinlog._query import SEVERITY, Query, parse_level, parse_time
 from twinlog.config import DEFAULT_CONFIG_PATH, Config
 from twinlog.entry import RESERVED_FIELDS, Entry, decode_line
-from twinlog.exceptions import ConfigError, LockTimeoutError, TwinlogError
+from twinlog.exceptions import ConfigError, InvalidQueryError, LockTimeoutError, TwinlogError
 from twinlog.probe import REASONS
 
 __all__ = ["COMMANDS", "Command", "LogFollower", "format_entry", "main", "parse_field"]
@@ -439,12 +440,85 @@ def _args_tail(parser: argparse.ArgumentParser) -> None:
         "-f", "--follow", action="store_true", help="keep printing new entries until interrupted"
     )
     parser.add_argument("--json", action="store_true", help="JSON Lines, one entry per line")
+    _add_filter_arguments(parser)
     parser.add_argument(
         "--color",
         "--colour",
         choices=("auto", "always", "never"),
         default="auto",
         help="colour the output (default: auto: on a terminal, unless NO_COLOR is set)",
+    )
+
+
+def _query_arg(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """An argparse type from a query parser: its InvalidQueryError becomes a usage error."""
+
+    def convert(text: str) -> Any:
+        try:
+            return parse(text)
+        except InvalidQueryError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    convert.__name__ = parse.__name__  # argparse names the type in its messages
+    return convert
+
+
+def _filter_field(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise InvalidQueryError(f"expected KEY=VALUE, got {text!r}")
+    return key, value
+
+
+def _add_filter_arguments(parser: argparse.ArgumentParser) -> None:
+    """tail's filters: the same meaning as ``TwinLog.read``'s keyword arguments."""
+    group = parser.add_argument_group(
+        "filters",
+        "all given must hold; times are RFC 3339 (2026-12-04T02:00:00Z) or a duration back "
+        "from now (15m, 2h, 1d)",
+    )
+    group.add_argument(
+        "--since", type=_query_arg(parse_time), metavar="TIME", help="entries at or after TIME"
+    )
+    group.add_argument(
+        "--until", type=_query_arg(parse_time), metavar="TIME", help="entries before TIME"
+    )
+    group.add_argument(
+        "--level",
+        type=_query_arg(parse_level),
+        metavar="LEVEL",
+        help=f"LEVEL and more severe ({', '.join(SEVERITY)}; no level counts as INFO)",
+    )
+    group.add_argument("--node", metavar="NODE", help="entries written on NODE")
+    group.add_argument(
+        "--grep",
+        type=_query_arg(lambda text: Query.build(grep=text).grep),
+        metavar="REGEX",
+        help="entries whose message matches REGEX (Python syntax, searched anywhere)",
+    )
+    group.add_argument(
+        "--field",
+        type=_query_arg(_filter_field),
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="entries with field KEY equal to VALUE (80 matches a number too); repeatable",
+    )
+
+
+def _query(args: argparse.Namespace) -> Query:
+    fields: dict[str, str] = {}
+    for key, value in args.field:
+        if fields.get(key, value) != value:
+            raise UsageError(f"--field {key}: given twice with different values")
+        fields[key] = value
+    return Query.build(
+        since=args.since,
+        until=args.until,
+        level=args.level,
+        node=args.node,
+        grep=args.grep,
+        fields=fields,
     )
 
 
@@ -541,13 +615,14 @@ def cmd_tail(args: argparse.Namespace, con: Console) -> int:
         else:
             con.print(format_entry(entry, node_width, colour=colour))
 
+    query = _query(args)
     with TwinLog(cfg) as log:
         # Start watching before reading, so nothing written in between is missed; what both
         # see is printed once thanks to the per-origin sequence numbers.
         follower = LogFollower(cfg.log_dir / LOG_FILE) if args.follow else None
         last_seq = {cfg.node: 0, cfg.peer: 0}
         recent: collections.deque[Entry] = collections.deque(maxlen=args.lines)
-        for entry in log.read():
+        for entry in log.read(**query.as_read_arguments()):
             last_seq[entry.node] = max(last_seq[entry.node], entry.seq)
             recent.append(entry)
     for entry in recent:
@@ -565,7 +640,8 @@ def cmd_tail(args: argparse.Namespace, con: Console) -> int:
                 if new is None or new.seq <= last_seq.get(new.node, new.seq):
                     continue
                 last_seq[new.node] = new.seq
-                show(new)
+                if query.matches(new):
+                    show(new)
                 shown = True
             if shown:
                 con.out.flush()
