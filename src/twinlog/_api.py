@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from twinlog import _failpoints
+from twinlog._delivery import last_sync, oldest_undelivered, record_sync, ts_seconds
 from twinlog._fileops import CACHE_FILE, CHUNK, LOG_FILE, MARKER_FILE, READ_ONLY_ERRNOS, DirOps
 from twinlog._group import Follower, Leadership, follow, socket_name
 from twinlog._history import Conflict, find_conflict, read_conflicts, record_conflicts
@@ -40,7 +41,7 @@ from twinlog._sync import transfer
 from twinlog._worker import RemoteDir
 from twinlog.clock import HybridClock
 from twinlog.config import Config
-from twinlog.entry import Entry, check_message, encode_entry, id_prefix, parse_key
+from twinlog.entry import Entry, check_message, encode_entry, format_ts, id_prefix, parse_key
 from twinlog.exceptions import (
     ConfigError,
     LockTimeoutError,
@@ -365,7 +366,10 @@ class TwinLog:
     def reconcile(self) -> ReconcileResult:
         """Steps 4A and 4B without a new entry: deliver whatever either side has not delivered."""
         with self._mutex:
-            return self._commit([])
+            result = self._commit([])
+            if result.peer_reachable:
+                record_sync(self._local_ops)  # both drains done under both locks: complete
+            return result
 
     def rotate(self) -> ReconcileResult:
         """Reconcile, then make the active log a segment and apply retention.
@@ -961,6 +965,7 @@ class TwinLog:
             self._refresh_local(repair=False)
             assert local.state is not None
             local_hwm = dict(local.state.hwm)
+            from_peer: str | None = None
             info: dict[str, Any] = {
                 "node": cfg.node,
                 "peer": cfg.peer,
@@ -1010,6 +1015,7 @@ class TwinLog:
                         {**read_conflicts(self._peer), **conflicts}
                     )
                     info["peer_reachable"] = True
+                    from_peer = oldest_undelivered(self._peer, cfg.peer, local_hwm.get(cfg.peer, 0))
                 except PeerError as exc:
                     reason = exc.reason
                     info["peer_reason_text"] = exc.detail
@@ -1028,6 +1034,7 @@ class TwinLog:
                 and not info["cache_entries"]["local"]
                 and not info["cache_entries"]["peer"]
             )
+            self._report_delivery(info, from_peer)
             return info
 
     def repair(self) -> RepairResult:
@@ -1110,6 +1117,25 @@ class TwinLog:
             raise StorageError(
                 exc.errno, f"cannot {what} in {self.config.log_dir}: {exc.strerror or exc}"
             ) from exc
+
+    def _report_delivery(self, info: dict[str, Any], from_peer: str | None) -> None:
+        """status(): the oldest undelivered entry each way (None: nothing waits, or unknown
+        for ``from_peer`` while the peer is away) and the last complete sync."""
+        cfg = self.config
+        now = time.time()
+        delivered = info["peer_last_seq"][cfg.node] if info["peer_reachable"] else None
+        to_peer = oldest_undelivered(self._local, cfg.node, delivered)
+        oldest = {"to_peer": to_peer, "from_peer": from_peer if info["peer_reachable"] else None}
+        info["oldest_undelivered_ts"] = oldest
+        info["oldest_undelivered_age_seconds"] = {
+            way: None if ts is None else round(max(0.0, now - ts_seconds(ts)), 3)
+            for way, ts in oldest.items()
+        }
+        if info["in_sync"]:
+            record_sync(self._local_ops, now)
+        synced = last_sync(self._local_ops)
+        info["last_sync"] = None if synced is None else format_ts(round(synced * 1_000_000))
+        info["last_sync_age_seconds"] = None if synced is None else round(now - synced, 3)
 
     def verify(self) -> VerifyResult:
         """Compare this node's log with the peer's, by entry id (over the retained window)."""

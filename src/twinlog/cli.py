@@ -7,8 +7,9 @@ exit status instead of exiting, so tests call it directly. Exit statuses:
 * 0: done (``status``/``verify``: in sync);
 * 1: degraded (peer unreachable, entries still waiting, logs differ);
 * 2: error: bad usage, configuration or a failing local directory. One line on stderr says what
-  is wrong and how to fix it; never a traceback. ``status``: CRITICAL (a history conflict, or
-  the state cannot be read).
+  is wrong and how to fix it; never a traceback. (``status`` follows the Nagios plugin
+  convention instead: 2 is CRITICAL, a history conflict or over a ``--critical`` limit,
+  and 3, UNKNOWN, is what it cannot tell, with a ``TWINLOG UNKNOWN - ...`` line.)
 """
 
 from __future__ import annotations
@@ -29,6 +30,18 @@ from typing import IO, Any, NoReturn, TextIO
 from twinlog import __version__
 from twinlog._api import TwinLog
 from twinlog._fileops import LOG_FILE, MARKER_FILE
+from twinlog._monitor import (
+    STATE_NAMES,
+    UNKNOWN,
+    Limits,
+    evaluate,
+    lag_seconds,
+    parse_limits,
+    perfdata,
+    prometheus_text,
+    restate,
+    write_textfile,
+)
 from twinlog._query import SEVERITY, Query, parse_level, parse_time
 from twinlog.config import DEFAULT_CONFIG_PATH, Config
 from twinlog.entry import RESERVED_FIELDS, Entry, decode_line
@@ -662,6 +675,31 @@ def _args_status(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="metrics in the Prometheus text format (node_exporter textfile collector)",
     )
+    parser.add_argument(
+        "--textfile",
+        metavar="PATH",
+        type=Path,
+        help="with --prometheus: replace PATH atomically instead of printing",
+    )
+    limits = (
+        "LIMITS is a comma-separated list: a duration (15m, 4h, 2d) limits the lag (the age of "
+        "the oldest undelivered entry; while the peer is away, at least the time since the last "
+        "complete sync), a whole number the entries waiting in the caches"
+    )
+    parser.add_argument(
+        "--warning",
+        type=_query_arg(parse_limits),
+        default=Limits(),
+        metavar="LIMITS",
+        help=f"exit 1 (WARNING) over these limits; {limits}",
+    )
+    parser.add_argument(
+        "--critical",
+        type=_query_arg(parse_limits),
+        default=Limits(),
+        metavar="LIMITS",
+        help="exit 2 (CRITICAL) over these limits (as --warning)",
+    )
 
 
 def status_exit(info: dict[str, Any]) -> int:
@@ -671,19 +709,13 @@ def status_exit(info: dict[str, Any]) -> int:
     return 0 if info["in_sync"] else 1
 
 
-def status_summary(info: dict[str, Any]) -> str:
+def status_summary(
+    info: dict[str, Any], warning: Limits | None = None, critical: Limits | None = None
+) -> str:
     """The Nagios-style first line: ``TWINLOG OK - ...`` or ``TWINLOG WARNING - ...``."""
     node, peer = info["node"], info["peer"]
     cache = info["cache_entries"]
-    perf = [f"cache_local={cache['local']}"]
-    for key, value in (
-        ("cache_peer", cache["peer"]),
-        ("pending_to_peer", info["pending_to_peer"]),
-        ("pending_from_peer", info["pending_from_peer"]),
-    ):
-        if value is not None:
-            perf.append(f"{key}={value}")
-    perf.append(f"peer_reachable={int(info['peer_reachable'])}")
+    perf = [perfdata(info, warning, critical)]
     seqs = ", ".join(f"{n}:{s}" for n, s in info["last_seq"].items())
     conflict = info.get("conflict")
     if conflict:
@@ -748,6 +780,7 @@ def status_details(info: dict[str, Any]) -> list[str]:
         lines.append(
             "last seq on peer:  " + ", ".join(f"{n}:{s}" for n, s in info["peer_last_seq"].items())
         )
+    lines += _delivery_lines(info)
     if info["stuck_workers"]:
         pids = ", ".join(str(pid) for pid in info["stuck_workers"])
         lines.append(f"stuck peer workers: {pids}")
@@ -761,87 +794,83 @@ def status_details(info: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _label(value: object) -> str:
-    text = str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-    return f'"{text}"'
+def _delivery_lines(info: dict[str, Any]) -> list[str]:
+    """The oldest undelivered entry each way and the last complete sync, in words."""
+    peer = info["peer"]
+    lines = []
+    for way, label in (("to_peer", f"to {peer}"), ("from_peer", f"from {peer}")):
+        ts = info["oldest_undelivered_ts"][way]
+        if ts is not None:
+            age = info["oldest_undelivered_age_seconds"][way]
+            text = f"{ts} ({_age(age)} ago)"
+        elif way == "from_peer" and not info["peer_reachable"]:
+            text = "unknown (peer not reachable)"
+        else:
+            text = "none"
+        lines.append(f"oldest undelivered {label}: {text}")
+    synced = info["last_sync"]
+    lines.append(
+        "last complete sync: "
+        + (f"{synced} ({_age(info['last_sync_age_seconds'])} ago)" if synced else "never recorded")
+    )
+    return lines
 
 
-def prometheus_text(info: dict[str, Any]) -> str:
-    """The status in the Prometheus text exposition format."""
-    out: list[str] = []
-
-    def metric(name: str, help_text: str, samples: list[tuple[dict[str, Any], int]]) -> None:
-        out.append(f"# HELP {name} {help_text}")
-        out.append(f"# TYPE {name} gauge")
-        for labels, value in samples:
-            rendered = ",".join(f"{k}={_label(v)}" for k, v in labels.items())
-            out.append(f"{name}{{{rendered}}} {value}" if rendered else f"{name} {value}")
-
-    cache = info["cache_entries"]
-    metric(
-        "twinlog_peer_reachable",
-        "Whether this node reached its peer's log directory (1) or not (0).",
-        [({"node": info["node"], "peer": info["peer"]}, int(info["peer_reachable"]))],
-    )
-    metric(
-        "twinlog_in_sync",
-        "Whether both logs hold the same entries and no cache holds any (1) or not (0).",
-        [({}, int(info["in_sync"]))],
-    )
-    metric(
-        "twinlog_cache_entries",
-        "Entries waiting in a cache: side=local for the peer, side=peer for this node.",
-        [({"side": side}, cache[side]) for side in ("local", "peer") if cache[side] is not None],
-    )
-    metric(
-        "twinlog_last_seq",
-        "Highest sequence number of each origin node present in this node's log.",
-        [({"node": n}, seq) for n, seq in info["last_seq"].items()],
-    )
-    pending = [
-        ({"direction": direction}, info[f"pending_{direction}"])
-        for direction in ("to_peer", "from_peer")
-        if info[f"pending_{direction}"] is not None
-    ]
-    if pending:
-        metric(
-            "twinlog_pending_entries",
-            "Entries present on one node's log and not yet on the other's.",
-            pending,
-        )
-    metric(
-        "twinlog_history_conflicts",
-        "Origins whose entries differ between the two logs under the same ids (twinlog repair).",
-        [({}, len(info.get("conflicts", [])))],
-    )
-    metric(
-        "twinlog_stuck_workers",
-        "Peer worker processes stuck in the kernel (a hung mount).",
-        [({}, len(info["stuck_workers"]))],
-    )
-    return "\n".join(out) + "\n"
+def _age(seconds: float) -> str:
+    """``42.0s``, ``3m12s``, ``5h4m``, ``2d3h``: the two largest units."""
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    whole, parts = int(seconds), list[str]()
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if whole >= size or parts:
+            parts.append(f"{whole // size}{unit}")
+            whole %= size
+    return "".join(parts[:2])
 
 
 def cmd_status(args: argparse.Namespace, con: Console) -> int:
+    if args.textfile is not None and not args.prometheus:
+        raise UsageError("--textfile needs --prometheus")
     try:
         cfg = load_config(args)
         with TwinLog(cfg) as log:
             info = log.status()
     except (TwinlogError, OSError) as exc:
-        if args.json or args.prometheus:
-            raise
-        # A monitoring check reads the first line of stdout: say CRITICAL there.
-        con.print(f"TWINLOG CRITICAL - {_describe_error(exc)}")
-        return 2
+        return status_unknown(con, _describe_error(exc), plain=not (args.json or args.prometheus))
+    state, why = evaluate(info, args.warning, args.critical)
+    code = max(status_exit(info), state)
     if args.json:
+        info["check"] = {
+            "state": STATE_NAMES[code],
+            "reason": why,
+            "lag_seconds": lag_seconds(info),
+        }
         con.print(json.dumps(info, indent=2))
     elif args.prometheus:
-        con.out.write(prometheus_text(info))
+        text = prometheus_text(info, __version__)
+        if args.textfile is None:
+            con.out.write(text)
+        else:
+            try:
+                write_textfile(args.textfile, text)
+            except OSError as exc:
+                return status_unknown(con, _describe_error(exc), plain=False)
     else:
-        con.print(status_summary(info))
+        con.print(restate(status_summary(info, args.warning, args.critical), code, why))
         for line in status_details(info):
             con.print(line)
-    return status_exit(info)
+    return code
+
+
+def status_unknown(con: Console, text: str, *, plain: bool) -> int:
+    """Exit 3, UNKNOWN: the check could not tell the state. A monitoring check reads the first
+    line of stdout (with the usual performance data, all unknown); JSON and Prometheus readers
+    get nothing half-made on stdout, and the error on stderr."""
+    if plain:
+        con.print(f"TWINLOG UNKNOWN - {text} | {perfdata(None)}")
+    else:
+        con.error(text)
+    return UNKNOWN
 
 
 # -- reconcile ----------------------------------------------------------------------------
@@ -1043,6 +1072,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # --help and --version
         return exc.code if isinstance(exc.code, int) else 0
     except UsageError as exc:
+        if _command_of(sys.argv[1:] if argv is None else argv) == "status":
+            return status_unknown(con, str(exc), plain=True)
         con.error(str(exc))
         return 2
     except KeyboardInterrupt:
@@ -1060,6 +1091,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             con.out.flush()
         except (BrokenPipeError, ValueError):
             _silence_stdout()
+
+
+def _command_of(argv: Sequence[str]) -> str | None:
+    """The command named in ``argv`` (when parsing failed and argparse cannot say)."""
+    skip = False
+    for token in argv:
+        if skip:
+            skip = False
+        elif token in ("-c", "--config"):
+            skip = True
+        elif not token.startswith("-"):
+            return token
+    return None
 
 
 def _silence_stdout() -> None:
