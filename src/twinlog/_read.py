@@ -163,6 +163,8 @@ class VerifyResult:
     @property
     def note(self) -> str:
         """Plain words on what was compared; says so when one side expired what the other keeps."""
+        if not self.peer_reachable:
+            return f"nothing compared: peer {self.peer} not reachable ({self.reason})"
         parts = []
         if self.expired_on_local:
             parts.append(f"{self.expired_on_local} older entries expired on {self.node} only")
@@ -181,7 +183,16 @@ class VerifyResult:
         out = dataclasses.asdict(self)
         out["duplicates"] = self.duplicates
         out["note"] = self.note
+        if not self.peer_reachable:
+            # Nothing was compared: no counts or lists that would read as "none found".
+            for key in out:
+                if key not in _WHAT_WAS_ASKED:
+                    out[key] = None
         return out
+
+
+#: VerifyResult.to_dict keys that stay when nothing could be compared.
+_WHAT_WAS_ASKED = frozenset({"in_sync", "node", "peer", "peer_reachable", "reason", "note"})
 
 
 def compare(

@@ -43,6 +43,7 @@ from twinlog._monitor import (
     write_textfile,
 )
 from twinlog._query import SEVERITY, Query, parse_level, parse_time
+from twinlog._read import VerifyResult
 from twinlog.config import DEFAULT_CONFIG_PATH, Config
 from twinlog.entry import RESERVED_FIELDS, Entry, decode_line
 from twinlog.exceptions import ConfigError, InvalidQueryError, LockTimeoutError, TwinlogError
@@ -384,14 +385,21 @@ def _args_write(parser: argparse.ArgumentParser) -> None:
         "message", metavar="MSG", help="the message; '-' reads one per line from stdin"
     )
     parser.add_argument(
-        "-l", "--level", type=_level, default="INFO", help="entry level (default: INFO)"
+        "-l",
+        "--level",
+        type=_level,
+        default="INFO",
+        help=f"entry level: {', '.join(LEVELS)} (any case; default: INFO)",
     )
     parser.add_argument(
         "--field",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="extra field: key=text, or key:=json for a number, true, false or null",
+        help=(
+            "extra field, repeatable: key=text, or key:=json for a number, true, false or null; "
+            f"reserved names: {', '.join(sorted(RESERVED_FIELDS))} (and level: use --level)"
+        ),
     )
 
 
@@ -935,11 +943,13 @@ def cmd_verify(args: argparse.Namespace, con: Console) -> int:
             f"IN SYNC - {cfg.node} and {cfg.peer} hold the same "
             f"{_plural(result.local_entries, 'entry')}"
         )
+        _expiry_note(con, result)
     else:
         con.print(
             f"NOT IN SYNC - {cfg.node} holds {_plural(result.local_entries, 'entry')}, "
             f"{cfg.peer} holds {result.peer_entries}"
         )
+        _expiry_note(con, result)
         for label, ids in (
             (f"missing on {cfg.node} (this node)", result.missing_on_local),
             (f"missing on {cfg.peer} (peer)", result.missing_on_peer),
@@ -955,6 +965,13 @@ def cmd_verify(args: argparse.Namespace, con: Console) -> int:
             origin = result.conflicts[0].split(":", 1)[0]
             con.print(f"run 'twinlog repair' on {origin} to re-log its conflicting entries")
     return 0 if result.in_sync else 1
+
+
+def _expiry_note(con: Console, result: VerifyResult) -> None:
+    """Say so when one side expired (retention) entries the other still keeps: the counts
+    are of each side's own log, and those entries were not compared."""
+    if result.expired_on_local or result.expired_on_peer:
+        con.print(result.note)
 
 
 # -- repair -------------------------------------------------------------------------------
