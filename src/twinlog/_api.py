@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 import re
@@ -21,8 +22,10 @@ from twinlog._locks import LOCK_FILE
 from twinlog._peer import RemoteOps
 from twinlog._query import Query, TimeBound
 from twinlog._read import (
+    Seeker,
     VerifyResult,
     compare,
+    last_entries,
     merged_entries,
     origin_lines,
     pinned_snapshot,
@@ -44,6 +47,7 @@ from twinlog.config import Config
 from twinlog.entry import Entry, check_message, encode_entry, format_ts, id_prefix, parse_key
 from twinlog.exceptions import (
     ConfigError,
+    InvalidQueryError,
     LockTimeoutError,
     NotInitialisedError,
     PeerError,
@@ -927,6 +931,7 @@ class TwinLog:
         node: str | None = None,
         grep: str | re.Pattern[str] | None = None,
         fields: Mapping[str, Any] | None = None,
+        last: int | None = None,
     ) -> Iterator[Entry]:
         """Every entry of both nodes in this node's log, once each, in the merged order.
 
@@ -934,23 +939,35 @@ class TwinLog:
         of which must hold: ``since <= ts < until`` (a timezone-aware datetime, RFC 3339 text or
         a duration back from now such as ``"15m"``), ``level`` and more severe (no level counts
         as INFO), origin ``node``, ``grep`` (a regular expression searched in ``msg``) and
-        ``fields`` (each key present with that value). A bad filter raises InvalidQueryError.
+        ``fields`` (each key present with that value); ``last``: only the last N of those.
+        A bad filter raises InvalidQueryError.
+
+        A time window, or ``last`` alone, reads only the parts of the log it needs (the
+        segment indexes, see ``_seek.py``), not the log from its start.
         """
         query = Query.build(
             since=since, until=until, level=level, node=node, grep=grep, fields=fields
         )
+        if last is not None and (isinstance(last, bool) or not isinstance(last, int) or last < 0):
+            raise InvalidQueryError(f"last must be a whole number >= 0, got {last!r}")
         origins = [o for o in (self.config.node, self.config.peer) if query.node in (None, o)]
         dir_ops = DirOps(os.fspath(self.config.log_dir))
         dir_ops.open_dir(self.config.node, None, False)
         store = LogStore(dir_ops, self.config.node, fsync=False)
         pinned, files = pinned_snapshot(store, dir_ops.dir_fd)
+        manifest = store.read_manifest()
         store.ops = pinned  # type: ignore[assignment]  # reading needs only read()
+        seeker = Seeker(store, files, manifest)
 
         def entries() -> Iterator[Entry]:
             try:
-                for entry in merged_entries(store, files, origins, query.since, query.until):
-                    if query.matches(entry):
-                        yield entry
+                if last is not None and query.by_origin_only:
+                    yield from last_entries(seeker, origins, last)
+                    return
+                plans = {o: seeker.window(o, query.since, query.until) for o in origins}
+                found = merged_entries(store, files, origins, query.since, query.until, plans=plans)
+                matching = (entry for entry in found if query.matches(entry))
+                yield from matching if last is None else collections.deque(matching, last)
             finally:
                 pinned.close()
                 dir_ops.close()

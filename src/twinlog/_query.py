@@ -159,6 +159,12 @@ class Query:
             fields=dict(fields or {}),
         )
 
+    @property
+    def by_origin_only(self) -> bool:
+        """Whether nothing but the origin is asked (the last entries can then be read from
+        the end of each origin's stream)."""
+        return dataclasses.replace(self, node=None) == Query()
+
     def as_read_arguments(self) -> dict[str, Any]:
         """This query as ``TwinLog.read``'s keyword arguments (times already resolved)."""
         return {

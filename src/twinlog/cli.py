@@ -643,7 +643,7 @@ def cmd_tail(args: argparse.Namespace, con: Console) -> int:
         follower = LogFollower(cfg.log_dir / LOG_FILE) if args.follow else None
         last_seq = {cfg.node: 0, cfg.peer: 0}
         recent: collections.deque[Entry] = collections.deque(maxlen=args.lines)
-        for entry in log.read(**query.as_read_arguments()):
+        for entry in log.read(last=args.lines, **query.as_read_arguments()):
             last_seq[entry.node] = max(last_seq[entry.node], entry.seq)
             recent.append(entry)
     for entry in recent:
