@@ -97,6 +97,28 @@ def test_exception_is_its_own_field(pair: Pair, logger: logging.Logger) -> None:
     assert "RuntimeError: boom" in other.getvalue()
 
 
+def test_a_dict_message_is_stored_as_fields(pair: Pair, logger: logging.Logger) -> None:
+    """Structured logging hands logging an event dict (structlog's wrap_for_formatter):
+    its event is the message, its keys fields; private names (a leading _) are not stored."""
+    logger.addHandler(TwinlogHandler(pair.config("a")))
+    other = io.StringIO()
+    logger.addHandler(logging.StreamHandler(other))
+    logger.warning(
+        {"event": "vip moved", "vip": "10.0.0.10", "level": "x", "_logger": object()},
+        extra={"_name": "warning", "attempt": 2},
+    )
+    [entry] = list(pair.twin("a").read())
+    assert entry.msg == "vip moved"
+    assert dict(entry.fields) == {
+        "level": "WARNING",
+        "logger": logger.name,
+        "attempt": 2,
+        "vip": "10.0.0.10",
+        "extra_level": "x",
+    }
+    assert "'event': 'vip moved'" in other.getvalue()  # other handlers get the record as it was
+
+
 def test_a_long_traceback_is_shortened_to_fit(tmp_path: Path) -> None:
     from twinlog import Config, TwinLog
 

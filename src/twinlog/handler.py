@@ -22,14 +22,23 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import threading
+from collections.abc import Mapping
 from typing import Any
 
 from twinlog._api import TwinLog
 from twinlog.config import Config
 from twinlog.entry import RESERVED_FIELDS
 
-__all__ = ["EXTRA_PREFIX", "TwinlogHandler", "fit_json_text", "fit_message", "record_fields"]
+__all__ = [
+    "EXTRA_PREFIX",
+    "TwinlogHandler",
+    "fit_json_text",
+    "fit_message",
+    "record_fields",
+    "structured",
+]
 
 #: Prefix given to an ``extra=`` key that clashes with a reserved or handler-set field name.
 EXTRA_PREFIX = "extra_"
@@ -55,13 +64,17 @@ def _json_value(value: Any) -> Any:
     return value
 
 
-def record_fields(record: logging.LogRecord) -> dict[str, Any]:
-    """The entry's extra fields for ``record``: level, logger and the record's ``extra=``."""
+def record_fields(
+    record: logging.LogRecord, event: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """The entry's extra fields for ``record``: level, logger, the record's ``extra=`` and, for
+    a structured record, the keys of its ``event`` dict. Names starting with ``_`` are private
+    to the logging machinery (structlog's ``_logger``, ``_name``, ``_record``): not stored."""
     fields: dict[str, Any] = {"level": record.levelname, "logger": record.name}
     extra = {
         key: value
-        for key, value in record.__dict__.items()
-        if isinstance(key, str) and key and key not in _RECORD_ATTRS
+        for key, value in [*record.__dict__.items(), *(event or {}).items()]
+        if isinstance(key, str) and key and not key.startswith("_") and key not in _RECORD_ATTRS
     }
     taken = RESERVED_FIELDS | _OWN_FIELDS
     # Keys that clash are renamed after the others have their own names, so a renamed key never
@@ -117,9 +130,10 @@ class TwinlogHandler(logging.Handler):
             if log is None:
                 raise ValueError("TwinlogHandler is closed")
             limit = self.config.max_message_bytes
+            record, event = structured(record)
             text, traces = self._format_apart(record)
             message, cut = fit_message(text, limit)
-            fields = record_fields(record)
+            fields = record_fields(record, event)
             if cut:
                 fields["truncated_bytes"] = cut
             for key, trace in traces.items():
@@ -165,6 +179,32 @@ class TwinlogHandler(logging.Handler):
     def __repr__(self) -> str:
         level = logging.getLevelName(self.level)
         return f"<{type(self).__name__} {self.config.node} -> {self.config.peer} ({level})>"
+
+
+def structured(record: logging.LogRecord) -> tuple[logging.LogRecord, dict[str, Any] | None]:
+    """A record whose ``msg`` is a mapping (an event dict: what structlog's
+    ``ProcessorFormatter.wrap_for_formatter`` hands to logging, or ``log.info({...})``) as a
+    plain copy whose message is the ``event`` key, and the other keys, to store as fields;
+    ``exc_info`` in the dict acts as the logging keyword does (``stack_info`` when it is
+    already text). Any other record
+    as it is, and None."""
+    if not isinstance(record.msg, Mapping):
+        return record, None
+    event = dict(record.msg)
+    plain = logging.makeLogRecord(record.__dict__)  # other handlers still get the original
+    plain.msg, plain.args = str(event.pop("event", "")), ()
+    exc = event.pop("exc_info", None)
+    if exc and not plain.exc_info:
+        if isinstance(exc, BaseException):
+            plain.exc_info = (type(exc), exc, exc.__traceback__)
+        elif isinstance(exc, tuple):
+            plain.exc_info = exc
+        else:  # True: the exception being handled, as logging.exception does
+            plain.exc_info = sys.exc_info()
+    stack = event.pop("stack_info", None)
+    if isinstance(stack, str) and not plain.stack_info:
+        plain.stack_info = stack
+    return plain, event
 
 
 def fit_message(message: str, limit: int) -> tuple[str, int]:
