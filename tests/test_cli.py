@@ -17,26 +17,11 @@ from typing import Any
 
 import pytest
 
-from pairlib import Pair
+from pairlib import Pair, write_toml
 from twinlog import Entry, __version__
 from twinlog.cli import LogFollower, format_entry, main, parse_field
 
 BIN_DIR = Path(sys.executable).parent
-
-
-def write_toml(path: Path, data: dict[str, Any]) -> Path:
-    # JSON strings, numbers and booleans are valid TOML values.
-    path.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in data.items()))
-    return path
-
-
-@pytest.fixture
-def conf(pair: Pair, tmp_path: Path) -> dict[str, str]:
-    """A configuration file per node of the bind-mounted pair."""
-    return {
-        node: os.fspath(write_toml(tmp_path / f"{node}.toml", pair.config_dict(node)))
-        for node in ("a", "b")
-    }
 
 
 def run(

@@ -119,25 +119,13 @@ def test_a_dict_message_is_stored_as_fields(pair: Pair, logger: logging.Logger) 
     assert "'event': 'vip moved'" in other.getvalue()  # other handlers get the record as it was
 
 
-def test_a_long_traceback_is_shortened_to_fit(tmp_path: Path) -> None:
-    from twinlog import Config, TwinLog
-
-    config = Config(
-        "a", "b", tmp_path / "log", tmp_path / "peer", require_mount=False, max_message_bytes=300
-    )
-    handler = TwinlogHandler(config)
-    logger = logging.getLogger("twinlog-test-long-traceback")
-    logger.addHandler(handler)
-    logger.propagate = False
+def test_a_long_traceback_is_shortened_to_fit(pair: Pair, logger: logging.Logger) -> None:
+    logger.addHandler(TwinlogHandler(pair.config("a", max_message_bytes=300)))
     try:
         raise ValueError('"quoted"\n' * 200)  # grows when JSON-escaped
     except ValueError:
         logger.exception("deep")
-    finally:
-        logger.removeHandler(handler)
-        handler.close()
-    with TwinLog(config) as log:
-        (entry,) = list(log.read())
+    [entry] = list(pair.twin("a").read())
     assert entry.msg == "deep" and entry["exc"].endswith("[...]")
     extra = json.dumps(dict(entry.fields), ensure_ascii=False, separators=(",", ":"))
     assert 250 < len(extra.encode()) <= 300

@@ -5,24 +5,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
-
-from pairlib import Pair
+from pairlib import Pair, system_tool
 
 FORMAT = Path(__file__).parent.parent / "contrib" / "lnav" / "twinlog.json"
-
-
-def _lnav() -> str:
-    found = shutil.which("lnav")
-    if found is None:
-        if os.geteuid() == 0:
-            pytest.fail("lnav missing: .ci/setup installs it (Debian package lnav)")
-        pytest.skip("lnav not installed (Debian package lnav; .ci/setup as root)")
-    return found
 
 
 def _query(lnav: str, home: Path, sql: str, *files: Path) -> list[dict[str, str]]:
@@ -42,7 +30,7 @@ def _query(lnav: str, home: Path, sql: str, *files: Path) -> list[dict[str, str]
 
 
 def test_lnav_reads_a_pair_log(pair: Pair, tmp_path: Path) -> None:
-    lnav = _lnav()
+    lnav = system_tool("lnav", "lnav")
     home = tmp_path / "home"
     home.mkdir()
     # Installed as the README says (into ~/.lnav/formats/installed/).

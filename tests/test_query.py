@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from pairlib import Pair
-from test_cli import _read_lines, run, write_toml
+from pairlib import Pair, write_toml
+from test_cli import _read_lines, run
 from twinlog import Entry, InvalidQueryError
 from twinlog._query import Query, level_rank, parse_duration, parse_level, parse_time
 from twinlog.entry import format_ts, parse_ts

@@ -9,14 +9,13 @@ import json
 import logging
 import os
 import re
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from pairlib import Pair
+from pairlib import Pair, system_tool
 from twinlog import Entry
 from twinlog._query import level_rank
 
@@ -35,15 +34,6 @@ def _blocks(section: str, language: str) -> list[str]:
 
 
 # -- jq -------------------------------------------------------------------------------------
-def _jq() -> str:
-    found = shutil.which("jq")
-    if found is None:
-        if os.geteuid() == 0:
-            pytest.fail("jq missing: .ci/setup installs it (Debian package jq)")
-        pytest.skip("jq not installed (Debian package jq; .ci/setup as root)")
-    return found
-
-
 def _recipes() -> tuple[str, dict[str, str]]:
     """The set-up line and each recipe by its comment."""
     [block] = _blocks(_section("## jq recipes"), "sh")
@@ -72,7 +62,7 @@ def _history(pair: Pair) -> None:
 
 
 def test_jq_recipes(pair: Pair) -> None:
-    _jq()
+    system_tool("jq", "jq")
     _history(pair)
     log_dir = pair.log_dir("a")
     in_order = list(pair.twin("a").read())

@@ -10,18 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from pairlib import Pair
-from test_cli import run, write_toml
+from pairlib import Pair, write_toml
+from test_cli import run
 from twinlog import InvalidEntryError, MessageTooLargeError
 from twinlog.entry import RESERVED_FIELDS
-
-
-@pytest.fixture
-def conf(pair: Pair, tmp_path: Path) -> dict[str, str]:
-    return {
-        node: os.fspath(write_toml(tmp_path / f"{node}.toml", pair.config_dict(node)))
-        for node in ("a", "b")
-    }
 
 
 def test_verify_without_the_peer_claims_no_comparison(

@@ -183,7 +183,8 @@ def test_tail_uses_the_same_answers(
     history: tuple[TwinLog, list[Entry]],
     tmp_path: Path,
 ) -> None:
-    from test_cli import run, write_toml
+    from pairlib import write_toml
+    from test_cli import run
 
     _log, everything = history
     conf = str(write_toml(tmp_path / "a.toml", pair.config_dict("a")))

@@ -6,15 +6,14 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from pairlib import Pair
-from test_cli import run, write_toml
+from pairlib import Pair, system_tool, write_toml
+from test_cli import run
 from twinlog import TwinLog
 from twinlog._delivery import SYNCED_FILE
 from twinlog._monitor import Limits, parse_limits
@@ -22,14 +21,6 @@ from twinlog.clock import HybridClock
 from twinlog.exceptions import InvalidQueryError
 
 HOUR = 3600
-
-
-@pytest.fixture
-def conf(pair: Pair, tmp_path: Path) -> dict[str, str]:
-    return {
-        node: os.fspath(write_toml(tmp_path / f"{node}.toml", pair.config_dict(node)))
-        for node in ("a", "b")
-    }
 
 
 def write_aged(pair: Pair, node: str, msg: str, age: float) -> None:
@@ -251,20 +242,11 @@ def test_textfile_is_replaced_atomically(
     assert code == 3 and "missing" in err
 
 
-def _promtool() -> str:
-    found = shutil.which("promtool")
-    if found is None:
-        if os.geteuid() == 0:
-            pytest.fail("promtool missing: .ci/setup installs it (Debian package prometheus)")
-        pytest.skip("promtool not installed (Debian package prometheus; .ci/setup as root)")
-    return found
-
-
 @pytest.mark.parametrize("state", ["in_sync", "peer_cut", "waiting"])
 def test_promtool_accepts_real_output(
     capsys: pytest.CaptureFixture[str], conf: dict[str, str], pair: Pair, state: str
 ) -> None:
-    promtool = _promtool()
+    promtool = system_tool("promtool", "prometheus")
     pair.twin("a").write("x")
     if state == "peer_cut":
         pair.cut("a")
