@@ -35,6 +35,33 @@ def perf_labels(first_line: str) -> list[str]:
     return [item.split("=")[0] for item in first_line.split(" | ", 1)[1].split()]
 
 
+def test_perfdata_numbers_are_plain() -> None:
+    from twinlog._monitor import perfdata
+
+    info = {
+        "cache_entries": {"local": 1_234_567, "peer": None},
+        "pending_to_peer": None,
+        "pending_from_peer": None,
+        "peer_reachable": False,
+        "oldest_undelivered_age_seconds": {"to_peer": 90061.5, "from_peer": None},
+        "last_sync_age_seconds": None,
+        "in_sync": False,
+    }
+    perf = perfdata(info, Limits(lag=900, cached=100_000), Limits(lag=86400 * 3))
+    assert perf.split() == [
+        "cache_local=1234567",
+        "cache_peer=U",
+        "cached=1234567;100000",
+        "pending_to_peer=U",
+        "pending_from_peer=U",
+        "peer_reachable=0",
+        "oldest_to_peer=90061.500s",
+        "oldest_from_peer=U",
+        "last_sync_age=U",
+        "lag=90061.500s;900;259200",
+    ]
+
+
 def test_limits_syntax() -> None:
     assert parse_limits("15m") == Limits(lag=900)
     assert parse_limits("1000") == Limits(cached=1000)

@@ -126,7 +126,7 @@ def _duration(seconds: float) -> str:
 def _perf_value(value: float | None, unit: str = "") -> str:
     if value is None:
         return "U"
-    return f"{value:g}{unit}" if isinstance(value, int) else f"{value:.3f}{unit}"
+    return f"{value}{unit}" if isinstance(value, int) else f"{value:.3f}{unit}"
 
 
 def perfdata(
@@ -139,7 +139,9 @@ def perfdata(
     warning, critical = warning or Limits(), critical or Limits()
 
     def limit(value: float | None) -> str:
-        return "" if value is None else f"{value:g}"
+        if value is None:
+            return ""
+        return str(int(value)) if float(value).is_integer() else f"{value:.3f}"
 
     def get(*path: str) -> Any:
         node: Any = info

@@ -1034,7 +1034,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("tail", "show the merged log of both nodes", _args_tail, cmd_tail),
     Command(
         "status",
-        "peer reachability, caches, sequence numbers (0 ok, 1 degraded)",
+        "peer reachability, caches, delivery lag (0 ok, 1 warning, 2 critical, 3 unknown)",
         _args_status,
         cmd_status,
     ),
