@@ -19,11 +19,12 @@ from benchmarks import ROW_KEYS
 from benchmarks._env import Row, can_bind_mount, machine_description
 from benchmarks.bigdata import run_drain, run_read_verify
 from benchmarks.latency import Series, run_latency, run_overhead, run_probe
+from benchmarks.seek import run_seek
 from benchmarks.throughput import run_throughput
 
 __all__ = ["format_markdown", "format_text", "main", "run_all"]
 
-SECTIONS = ("single", "overhead", "concurrent", "drain", "read", "probe")
+SECTIONS = ("single", "overhead", "concurrent", "drain", "read", "seek", "probe")
 
 
 def run_all(
@@ -56,6 +57,9 @@ def run_all(
     if "read" in sections:
         say(f"read() and verify() over {entries:,} entries")
         rows += run_read_verify(base, entries)
+    if "seek" in sections:
+        say(f"a 15-minute window and the last 100 of {entries:,} entries over 30 days")
+        rows += run_seek(base, entries)
     if "probe" in sections:
         say("probe cost and hung peer")
         assert single is not None  # measured above for the probe's share of a write

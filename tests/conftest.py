@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pairlib import Pair, can_bind_mount
+from pairlib import Pair, can_bind_mount, write_toml
 
 
 @pytest.fixture(scope="session")
@@ -27,3 +27,12 @@ def pair(tmp_path: Path, bind_mounts_work: bool) -> Iterator[Pair]:
         yield p
     finally:
         p.close()
+
+
+@pytest.fixture
+def conf(pair: Pair, tmp_path: Path) -> dict[str, str]:
+    """A configuration file per node of the bind-mounted pair."""
+    return {
+        node: os.fspath(write_toml(tmp_path / f"{node}.toml", pair.config_dict(node)))
+        for node in ("a", "b")
+    }

@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -19,8 +20,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from twinlog import Config, TwinLog
 from twinlog._group import Leadership
+
+
+def write_toml(path: Path, data: dict[str, Any]) -> Path:
+    # JSON strings, numbers and booleans are valid TOML values.
+    path.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in data.items()))
+    return path
+
+
+def system_tool(name: str, package: str) -> str:
+    """The path of a command tests check twinlog's output with. .ci/setup installs it (as root,
+    as CI runs): missing as root is a failure; elsewhere the test is skipped."""
+    found = shutil.which(name)
+    if found is None:
+        if os.geteuid() == 0:
+            pytest.fail(f"{name} missing: .ci/setup installs it (Debian package {package})")
+        pytest.skip(f"{name} not installed (Debian package {package}; .ci/setup as root)")
+    return found
 
 
 def run(*cmd: str) -> None:

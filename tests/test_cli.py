@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import platform
 import shutil
 import signal
 import stat
@@ -17,26 +18,11 @@ from typing import Any
 
 import pytest
 
-from pairlib import Pair
-from twinlog import Entry
+from pairlib import Pair, write_toml
+from twinlog import Entry, __version__
 from twinlog.cli import LogFollower, format_entry, main, parse_field
 
 BIN_DIR = Path(sys.executable).parent
-
-
-def write_toml(path: Path, data: dict[str, Any]) -> Path:
-    # JSON strings, numbers and booleans are valid TOML values.
-    path.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in data.items()))
-    return path
-
-
-@pytest.fixture
-def conf(pair: Pair, tmp_path: Path) -> dict[str, str]:
-    """A configuration file per node of the bind-mounted pair."""
-    return {
-        node: os.fspath(write_toml(tmp_path / f"{node}.toml", pair.config_dict(node)))
-        for node in ("a", "b")
-    }
 
 
 def run(
@@ -61,9 +47,11 @@ def test_missing_default_config(
 ) -> None:
     monkeypatch.delenv("TWINLOG_CONFIG", raising=False)
     monkeypatch.setattr("twinlog.cli.DEFAULT_CONFIG_PATH", Path("/nonexistent/twinlog.toml"))
-    code, out, err = run(capsys, "status", "--json")
-    assert code == 2 and out == ""
-    assert_one_line_error(err, "/nonexistent/twinlog.toml", "--config", "TWINLOG_CONFIG")
+    # status is a monitoring check: what it cannot tell is UNKNOWN (3), elsewhere an error (2).
+    for argv, status in ((["tail"], 2), (["status", "--json"], 3)):
+        code, out, err = run(capsys, *argv)
+        assert code == status and out == ""
+        assert_one_line_error(err, "/nonexistent/twinlog.toml", "--config", "TWINLOG_CONFIG")
 
 
 def test_config_from_environment_and_flag_precedence(
@@ -131,7 +119,6 @@ def test_log_dir_of_another_node(
         (["tail", "-n", "-3"], ["expected a number"]),
         (["tail", "-n", "many"], ["expected a number or 'all'"]),
         (["write", "x", "--level", "LOUD"], ["unknown level", "WARNING"]),
-        (["status", "--json", "--prometheus"], ["not allowed with"]),
         (["rotate", "--bogus"], ["unrecognized arguments", "--bogus"]),
     ],
 )
@@ -141,6 +128,7 @@ def test_usage_errors(
     code, out, err = run(capsys, *argv)
     assert code == 2 and out == ""
     assert_one_line_error(err, *words)
+    # (status's usage errors are UNKNOWN, exit 3: test_status.test_unknown)
 
 
 def test_help_and_version(capsys: pytest.CaptureFixture[str]) -> None:
@@ -552,30 +540,42 @@ def test_status_prometheus(
         for line in out.splitlines()
         if not line.startswith("#")
     }
+    python = platform.python_version()
     assert samples == {
+        f'twinlog_build_info{{node="a",version="{__version__}",python="{python}"}}': "1",
         'twinlog_peer_reachable{node="a",peer="b"}': "1",
-        "twinlog_in_sync": "1",
-        'twinlog_cache_entries{side="local"}': "0",
-        'twinlog_cache_entries{side="peer"}': "0",
-        'twinlog_last_seq{node="a"}': "1",
-        'twinlog_last_seq{node="b"}': "2",
-        'twinlog_pending_entries{direction="to_peer"}': "0",
-        'twinlog_pending_entries{direction="from_peer"}': "0",
-        "twinlog_stuck_workers": "0",
+        'twinlog_in_sync{node="a"}': "1",
+        'twinlog_cache_entries{node="a",side="local"}': "0",
+        'twinlog_cache_entries{node="a",side="peer"}': "0",
+        'twinlog_entries_total{node="a",origin="a"}': "1",
+        'twinlog_entries_total{node="a",origin="b"}': "2",
+        'twinlog_pending_entries{node="a",direction="to_peer"}': "0",
+        'twinlog_pending_entries{node="a",direction="from_peer"}': "0",
+        'twinlog_oldest_undelivered_age_seconds{node="a",direction="to_peer"}': "0",
+        'twinlog_oldest_undelivered_age_seconds{node="a",direction="from_peer"}': "0",
+        'twinlog_last_sync_timestamp_seconds{node="a"}': samples[
+            'twinlog_last_sync_timestamp_seconds{node="a"}'
+        ],
+        'twinlog_history_conflicts{node="a"}': "0",
+        'twinlog_stuck_workers{node="a"}': "0",
     }
+    synced = float(samples['twinlog_last_sync_timestamp_seconds{node="a"}'])
+    assert time.time() - 60 < synced <= time.time()
     for name in {key.split("{")[0] for key in samples}:
-        assert f"# HELP {name} " in out and f"# TYPE {name} gauge" in out
+        kind = "counter" if name.endswith("_total") else "gauge"
+        assert f"# HELP {name} " in out and f"# TYPE {name} {kind}" in out
     pair.cut("a")
     code, out, _ = run(capsys, "status", "--prometheus", config=conf["a"])
     assert code == 1
     assert 'twinlog_peer_reachable{node="a",peer="b"} 0' in out
-    assert 'side="peer"' not in out and "pending" not in out
+    # The peer's side is unknown: left out, not reported as 0.
+    assert 'side="peer"' not in out and 'direction="from_peer"' not in out
 
 
-def test_status_error_is_critical(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+def test_status_error_is_unknown(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     code, out, err = run(capsys, "status", config=os.fspath(tmp_path / "none.toml"))
-    assert code == 2 and err == ""
-    assert out.startswith("TWINLOG CRITICAL - config file") and out.count("\n") == 1
+    assert code == 3 and err == ""
+    assert out.startswith("TWINLOG UNKNOWN - config file") and out.count("\n") == 1
 
 
 # -- reconcile and verify -----------------------------------------------------------------

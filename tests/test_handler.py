@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import logging.config
 import math
 import os
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -69,15 +72,92 @@ def test_record_becomes_entry(pair: Pair, logger: logging.Logger) -> None:
     }
 
 
-def test_exception_text_is_in_the_message(pair: Pair, logger: logging.Logger) -> None:
-    logger.addHandler(TwinlogHandler(pair.config("a")))
+def test_exception_is_its_own_field(pair: Pair, logger: logging.Logger) -> None:
+    handler = TwinlogHandler(pair.config("a"))
+    handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+    logger.addHandler(handler)
+    # Another handler of the same record still gets the traceback in its text.
+    other = io.StringIO()
+    logger.addHandler(logging.StreamHandler(other))
     try:
         raise RuntimeError("boom")
     except RuntimeError:
-        logger.exception("failed")
+        logger.exception("failed", extra={"exc": "mine"})
+    logger.info("with stack", stack_info=True)
+    logger.warning("plain")
+    failed, stacked, plain = list(pair.twin("a").read())
+    assert failed.msg == f"{logger.name}: failed"  # one line, no traceback appended
+    assert failed["exc"].startswith("Traceback (most recent call last):\n")
+    assert failed["exc"].endswith("RuntimeError: boom")
+    assert failed["level"] == "ERROR" and failed["extra_exc"] == "mine"
+    assert stacked.msg == f"{logger.name}: with stack" and "exc" not in stacked.fields
+    assert stacked["stack"].startswith("Stack (most recent call last):\n")
+    assert "exc" not in plain.fields and "stack" not in plain.fields
+    assert "Traceback (most recent call last)" in other.getvalue()
+    assert "RuntimeError: boom" in other.getvalue()
+
+
+def test_a_dict_message_is_stored_as_fields(pair: Pair, logger: logging.Logger) -> None:
+    """Structured logging hands logging an event dict (structlog's wrap_for_formatter):
+    its event is the message, its keys fields; private names (a leading _) are not stored."""
+    logger.addHandler(TwinlogHandler(pair.config("a")))
+    other = io.StringIO()
+    logger.addHandler(logging.StreamHandler(other))
+    logger.warning(
+        {"event": "vip moved", "vip": "10.0.0.10", "level": "x", "_logger": object()},
+        extra={"_name": "warning", "attempt": 2},
+    )
     [entry] = list(pair.twin("a").read())
-    assert entry.msg.startswith("failed\nTraceback")
-    assert "RuntimeError: boom" in entry.msg and entry["level"] == "ERROR"
+    assert entry.msg == "vip moved"
+    assert dict(entry.fields) == {
+        "level": "WARNING",
+        "logger": logger.name,
+        "attempt": 2,
+        "vip": "10.0.0.10",
+        "extra_level": "x",
+    }
+    assert "'event': 'vip moved'" in other.getvalue()  # other handlers get the record as it was
+
+
+def test_a_long_traceback_is_shortened_to_fit(pair: Pair, logger: logging.Logger) -> None:
+    logger.addHandler(TwinlogHandler(pair.config("a", max_message_bytes=300)))
+    try:
+        raise ValueError('"quoted"\n' * 200)  # grows when JSON-escaped
+    except ValueError:
+        logger.exception("deep")
+    [entry] = list(pair.twin("a").read())
+    assert entry.msg == "deep" and entry["exc"].endswith("[...]")
+    extra = json.dumps(dict(entry.fields), ensure_ascii=False, separators=(",", ":"))
+    assert 250 < len(extra.encode()) <= 300
+
+
+@pytest.mark.parametrize("how", ["dictConfig", "fileConfig"])
+def test_a_failed_configuration_leaves_nothing_at_exit(tmp_path: Path, how: str) -> None:
+    missing = tmp_path / "missing.toml"
+    if how == "dictConfig":
+        setup = (
+            "logging.config.dictConfig({'version': 1, 'handlers': {'t': {"
+            f"'class': 'twinlog.handler.TwinlogHandler', 'config': {str(missing)!r}}}}}}})"
+        )
+    else:
+        ini = tmp_path / "logging.ini"
+        ini.write_text(
+            "[loggers]\nkeys=root\n[handlers]\nkeys=t\n[formatters]\nkeys=\n"
+            "[logger_root]\nhandlers=t\n"
+            f"[handler_t]\nclass=twinlog.handler.TwinlogHandler\nargs=({str(missing)!r},)\n"
+        )
+        setup = f"logging.config.fileConfig({str(ini)!r})"
+    # Uncaught, as in a program whose logging set-up fails: the traceback keeps the half-made
+    # handler alive until logging's atexit callback closes it.
+    proc = subprocess.run(
+        [sys.executable, "-c", f"import logging.config\n{setup}\n"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert proc.returncode == 1 and "does not exist" in proc.stderr, proc.stderr
+    assert "Exception ignored" not in proc.stderr and "_close_guard" not in proc.stderr
 
 
 def test_record_fields_prefix_until_unique() -> None:

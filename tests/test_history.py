@@ -268,8 +268,10 @@ def test_commands_other_than_init_refuse_a_missing_log_dir(
         err = capsys.readouterr().err
         assert str(log_dir) in err and "twinlog init" in err, err
         assert not log_dir.exists()
-    assert main(["--config", str(config), "status"]) == 2
-    assert "twinlog init" in capsys.readouterr().out
+    # status is a monitoring check: a state it cannot read is UNKNOWN (issue 23).
+    assert main(["--config", str(config), "status"]) == 3
+    out = capsys.readouterr().out
+    assert out.startswith("TWINLOG UNKNOWN - ") and "twinlog init" in out
     assert main(["--config", str(config), "init"]) == 0
     assert log_dir.is_dir()
 
@@ -359,7 +361,7 @@ def test_the_command_line_reports_and_repairs_a_conflict(
     code, out = run("a", "status", "--json")
     assert json.loads(out)["conflict"]["first_id"] == "a:1"
     code, out = run("a", "status", "--prometheus")
-    assert "twinlog_history_conflicts 1" in out
+    assert 'twinlog_history_conflicts{node="a"} 1' in out
     code, out = run("a", "verify")
     assert code == 1
     assert "different entries under one id (history conflict): a:1" in out

@@ -14,6 +14,7 @@ def test_all_is_pinned_and_sorted() -> None:
         "ConfigError",
         "Entry",
         "InvalidEntryError",
+        "InvalidQueryError",
         "InvalidTypeError",
         "LockTimeoutError",
         "MessageTooLargeError",
@@ -35,6 +36,7 @@ def test_every_error_is_a_twinlog_error_and_a_builtin() -> None:
     builtins = {
         "ConfigError": ValueError,
         "InvalidEntryError": ValueError,
+        "InvalidQueryError": ValueError,
         "MessageTooLargeError": ValueError,
         "ReservedFieldError": ValueError,
         "InvalidTypeError": TypeError,

@@ -17,6 +17,7 @@ from twinlog.entry import Entry
 from twinlog.exceptions import (
     ConfigError,
     InvalidEntryError,
+    InvalidQueryError,
     InvalidTypeError,
     LockTimeoutError,
     MessageTooLargeError,
@@ -32,6 +33,7 @@ __all__ = [
     "ConfigError",
     "Entry",
     "InvalidEntryError",
+    "InvalidQueryError",
     "InvalidTypeError",
     "LockTimeoutError",
     "MessageTooLargeError",

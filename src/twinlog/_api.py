@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
+import re
 import threading
 import time
 import weakref
@@ -12,14 +14,18 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from twinlog import _failpoints
+from twinlog._delivery import last_sync, oldest_undelivered, record_sync, ts_seconds
 from twinlog._fileops import CACHE_FILE, CHUNK, LOG_FILE, MARKER_FILE, READ_ONLY_ERRNOS, DirOps
 from twinlog._group import Follower, Leadership, follow, socket_name
 from twinlog._history import Conflict, find_conflict, read_conflicts, record_conflicts
 from twinlog._locks import LOCK_FILE
 from twinlog._peer import RemoteOps
+from twinlog._query import Query, TimeBound
 from twinlog._read import (
+    Seeker,
     VerifyResult,
     compare,
+    last_entries,
     merged_entries,
     origin_lines,
     pinned_snapshot,
@@ -38,9 +44,10 @@ from twinlog._sync import transfer
 from twinlog._worker import RemoteDir
 from twinlog.clock import HybridClock
 from twinlog.config import Config
-from twinlog.entry import Entry, check_message, encode_entry, id_prefix, parse_key
+from twinlog.entry import Entry, check_message, encode_entry, format_ts, id_prefix, parse_key
 from twinlog.exceptions import (
     ConfigError,
+    InvalidQueryError,
     LockTimeoutError,
     NotInitialisedError,
     PeerError,
@@ -363,7 +370,10 @@ class TwinLog:
     def reconcile(self) -> ReconcileResult:
         """Steps 4A and 4B without a new entry: deliver whatever either side has not delivered."""
         with self._mutex:
-            return self._commit([])
+            result = self._commit([])
+            if result.peer_reachable:
+                record_sync(self._local_ops)  # both drains done under both locks: complete
+            return result
 
     def rotate(self) -> ReconcileResult:
         """Reconcile, then make the active log a segment and apply retention.
@@ -912,20 +922,52 @@ class TwinLog:
                 self._peer.checkpoint_if_due()
 
     # -- reading ------------------------------------------------------------------------
-    def read(self) -> Iterator[Entry]:
+    def read(
+        self,
+        *,
+        since: TimeBound | None = None,
+        until: TimeBound | None = None,
+        level: str | None = None,
+        node: str | None = None,
+        grep: str | re.Pattern[str] | None = None,
+        fields: Mapping[str, Any] | None = None,
+        last: int | None = None,
+    ) -> Iterator[Entry]:
         """Every entry of both nodes in this node's log, once each, in the merged order.
 
-        Reads only local files; identical on both nodes once they have converged.
+        Reads only local files; identical on both nodes once they have converged. Filters, all
+        of which must hold: ``since <= ts < until`` (a timezone-aware datetime, RFC 3339 text or
+        a duration back from now such as ``"15m"``), ``level`` and more severe (no level counts
+        as INFO), origin ``node``, ``grep`` (a regular expression searched in ``msg``) and
+        ``fields`` (each key present with that value); ``last``: only the last N of those.
+        A bad filter raises InvalidQueryError.
+
+        A time window, or ``last`` alone, reads only the parts of the log it needs (the
+        segment indexes, see ``_seek.py``), not the log from its start.
         """
+        query = Query.build(
+            since=since, until=until, level=level, node=node, grep=grep, fields=fields
+        )
+        if last is not None and (isinstance(last, bool) or not isinstance(last, int) or last < 0):
+            raise InvalidQueryError(f"last must be a whole number >= 0, got {last!r}")
+        origins = [o for o in (self.config.node, self.config.peer) if query.node in (None, o)]
         dir_ops = DirOps(os.fspath(self.config.log_dir))
         dir_ops.open_dir(self.config.node, None, False)
         store = LogStore(dir_ops, self.config.node, fsync=False)
         pinned, files = pinned_snapshot(store, dir_ops.dir_fd)
+        manifest = store.read_manifest()
         store.ops = pinned  # type: ignore[assignment]  # reading needs only read()
+        seeker = Seeker(store, files, manifest)
 
         def entries() -> Iterator[Entry]:
             try:
-                yield from merged_entries(store, files, [self.config.node, self.config.peer])
+                if last is not None and query.by_origin_only:
+                    yield from last_entries(seeker, origins, last)
+                    return
+                plans = {o: seeker.window(o, query.since, query.until) for o in origins}
+                found = merged_entries(store, files, origins, query.since, query.until, plans=plans)
+                matching = (entry for entry in found if query.matches(entry))
+                yield from matching if last is None else collections.deque(matching, last)
             finally:
                 pinned.close()
                 dir_ops.close()
@@ -940,6 +982,7 @@ class TwinLog:
             self._refresh_local(repair=False)
             assert local.state is not None
             local_hwm = dict(local.state.hwm)
+            from_peer: str | None = None
             info: dict[str, Any] = {
                 "node": cfg.node,
                 "peer": cfg.peer,
@@ -989,6 +1032,7 @@ class TwinLog:
                         {**read_conflicts(self._peer), **conflicts}
                     )
                     info["peer_reachable"] = True
+                    from_peer = oldest_undelivered(self._peer, cfg.peer, local_hwm.get(cfg.peer, 0))
                 except PeerError as exc:
                     reason = exc.reason
                     info["peer_reason_text"] = exc.detail
@@ -1007,6 +1051,7 @@ class TwinLog:
                 and not info["cache_entries"]["local"]
                 and not info["cache_entries"]["peer"]
             )
+            self._report_delivery(info, from_peer)
             return info
 
     def repair(self) -> RepairResult:
@@ -1089,6 +1134,25 @@ class TwinLog:
             raise StorageError(
                 exc.errno, f"cannot {what} in {self.config.log_dir}: {exc.strerror or exc}"
             ) from exc
+
+    def _report_delivery(self, info: dict[str, Any], from_peer: str | None) -> None:
+        """status(): the oldest undelivered entry each way (None: nothing waits, or unknown
+        for ``from_peer`` while the peer is away) and the last complete sync."""
+        cfg = self.config
+        now = time.time()
+        delivered = info["peer_last_seq"][cfg.node] if info["peer_reachable"] else None
+        to_peer = oldest_undelivered(self._local, cfg.node, delivered)
+        oldest = {"to_peer": to_peer, "from_peer": from_peer if info["peer_reachable"] else None}
+        info["oldest_undelivered_ts"] = oldest
+        info["oldest_undelivered_age_seconds"] = {
+            way: None if ts is None else round(max(0.0, now - ts_seconds(ts)), 3)
+            for way, ts in oldest.items()
+        }
+        if info["in_sync"]:
+            record_sync(self._local_ops, now)
+        synced = last_sync(self._local_ops)
+        info["last_sync"] = None if synced is None else format_ts(round(synced * 1_000_000))
+        info["last_sync_age_seconds"] = None if synced is None else round(now - synced, 3)
 
     def verify(self) -> VerifyResult:
         """Compare this node's log with the peer's, by entry id (over the retained window)."""

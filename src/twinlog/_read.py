@@ -5,21 +5,23 @@ from __future__ import annotations
 import dataclasses
 import heapq
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
-from twinlog._fileops import LOG_FILE
-from twinlog._store import LogStore
+from twinlog._fileops import CHUNK, LOG_FILE
+from twinlog._seek import SegmentIndex, build_index, tail_start
+from twinlog._store import SEGMENT_RE, LogStore
 from twinlog.entry import Entry, block_heads, decode_line, parse_key
 
-__all__ = ["VerifyResult", "compare", "merged_entries", "origin_lines", "origin_seqs"]
-
-
-def _lines(store: LogStore, files: list[tuple[str, int | None]]) -> Iterator[bytes]:
-    """Complete lines of ``files`` (name, end offset or None for all), in order."""
-    for name, end in files:
-        for lines in store.iter_lines(name, 0, end):
-            yield from lines
+__all__ = [
+    "Seeker",
+    "VerifyResult",
+    "compare",
+    "last_entries",
+    "merged_entries",
+    "origin_lines",
+    "origin_seqs",
+]
 
 
 class PinnedFiles:
@@ -67,28 +69,166 @@ def snapshot_files(store: LogStore) -> list[tuple[str, int | None]]:
     return [*((name, None) for name in store.segments()), (LOG_FILE, end)]
 
 
+#: Where to read one origin's lines: (file, start offset, end offset or None), in log order.
+Plan = list[tuple[str, int, int | None]]
+
+
 def _origin_entries(
-    store: LogStore, files: list[tuple[str, int | None]], origin: str
+    store: LogStore,
+    plan: Plan,
+    origin: str,
+    since: str | None = None,
+    until: str | None = None,
 ) -> Iterator[Entry]:
+    own = origin.encode("ascii")  # node names are plain ASCII (config.NODE_NAME_PATTERN)
     last = 0
-    for line in _lines(store, files):
-        key = parse_key(line)
-        if key is None or key[0] != origin or key[1] <= last:
-            continue  # another origin, not an entry, or a duplicate: shown once
-        entry = decode_line(line)
-        if entry is None:
-            continue
-        last = entry.seq
-        yield entry
+    for name, start, end in plan:
+        for block in store.iter_blocks(name, start, end):
+            if since is not None:
+                heads = block_heads(block)
+                newest = next((h for h in reversed(heads or ()) if h[0] == own), None)
+                if heads is not None and (newest is None or newest[2].decode("ascii") < since):
+                    # None of ours in the window here (ours are in ts order): skip the block.
+                    last = max(last, int(newest[1])) if newest is not None else last
+                    continue
+            for line in block.splitlines(keepends=True):
+                key = parse_key(line)
+                if key is None or key[0] != origin or key[1] <= last:
+                    continue  # another origin, not an entry, or a duplicate: shown once
+                if until is not None and key[2] >= until:
+                    return  # an origin's timestamps only go up: nothing later is in the window
+                if since is not None and key[2] < since:
+                    last = key[1]
+                    continue  # before the window: not even decoded
+                entry = decode_line(line)
+                if entry is None:
+                    continue
+                last = entry.seq
+                yield entry
+
+
+def whole_files(files: list[tuple[str, int | None]]) -> Plan:
+    return [(name, 0, end) for name, end in files]
 
 
 def merged_entries(
-    store: LogStore, files: list[tuple[str, int | None]], origins: list[str]
+    store: LogStore,
+    files: list[tuple[str, int | None]],
+    origins: list[str],
+    since: str | None = None,
+    until: str | None = None,
+    *,
+    plans: dict[str, Plan] | None = None,
 ) -> Iterator[Entry]:
     """Every entry of ``origins`` once, ordered by (ts, node, seq): a k-way merge of the origins'
-    own streams, each already in that order, so memory stays constant whatever the log size."""
-    streams = [_origin_entries(store, files, origin) for origin in origins]
+    own streams, each already in that order, so memory stays constant whatever the log size.
+    ``since``/``until``: only entries with ``since <= ts < until``; ``plans``: where to read
+    each origin (see :mod:`twinlog._seek`), by default every file from its start."""
+    plans = plans if plans is not None else {}
+    streams = [
+        _origin_entries(
+            store, plans[origin] if origin in plans else whole_files(files), origin, since, until
+        )
+        for origin in origins
+    ]
     return heapq.merge(*streams, key=lambda e: e.sort_key)
+
+
+class Seeker:
+    """Plans reading a pinned snapshot of a log: which files of it, from where, for one origin
+    and a time window or the last entries (:mod:`twinlog._seek`). Segment indexes come from
+    the manifest, or are built in memory when missing or stale."""
+
+    def __init__(
+        self,
+        store: LogStore,
+        files: list[tuple[str, int | None]],
+        manifest: dict[str, dict[str, Any]],
+    ) -> None:
+        self.store = store
+        self.files = files
+        self.manifest = manifest
+        self._indexes: dict[str, SegmentIndex] = {}
+
+    def _info(self, name: str) -> dict[str, Any]:
+        match = SEGMENT_RE.fullmatch(name)
+        info = self.manifest.get(match.group(1)) if match else None
+        return info if isinstance(info, dict) else {}
+
+    def index(self, name: str, end: int | None, *, build: bool = True) -> SegmentIndex | None:
+        """A segment's index (None for the active log, or one not stored when not ``build``)."""
+        if name == LOG_FILE or end is None:
+            return None
+        if name not in self._indexes:
+            index = SegmentIndex.from_json(self._info(name).get("index"), end)
+            if index is None and not build:
+                return None
+            self._indexes[name] = index or build_index(self.store.iter_blocks(name, 0, end))
+        return self._indexes[name]
+
+    def window(self, origin: str, since: str | None, until: str | None) -> Plan:
+        """Where ``origin``'s entries with ``since <= ts < until`` can be."""
+        if since is None and until is None:
+            return whole_files(self.files)
+        plan: Plan = []
+        for name, end in self.files:
+            max_ts = self._info(name).get("max_ts")
+            if since is not None and isinstance(max_ts, str) and max_ts and max_ts < since:
+                continue  # the newest ts of the log when this segment was rotated: all older
+            index = self.index(name, end)
+            if index is None:
+                plan.append((name, 0, end))
+                continue
+            first = index.first_ts(origin)
+            if until is not None and first is not None and first >= until:
+                break  # ours only get later from here on
+            start = index.start(origin, since=since)
+            if start is not None:
+                plan.append((name, start, end))
+        return plan
+
+    def last(self, origin: str, count: int) -> Plan:
+        """Where ``origin``'s last ``count`` entries start: read backwards from the end, line
+        heads only, skipping segments whose index says they hold none of ours."""
+        for position in range(len(self.files) - 1, -1, -1):
+            name, end = self.files[position]
+            assert end is not None, "a pinned snapshot: every file's size is known"
+            index = self.index(name, end, build=False)
+            if index is not None and origin not in index.origins:
+                continue
+            offset, found = tail_start(self._read_back(name), end, origin, count)
+            count -= found
+            if count <= 0:
+                return [(name, offset, end), *whole_files(self.files[position + 1 :])]
+        return whole_files(self.files)
+
+    def _read_back(self, name: str) -> Callable[[int], tuple[int, bytes]]:
+        def read_back(pos: int) -> tuple[int, bytes]:
+            start = pos
+            data = b""
+            while start > 0:
+                start = max(0, start - CHUNK)
+                data = self.store.ops.read(name, start, pos - start)
+                newline = data.find(b"\n") if start > 0 else -1
+                if start == 0 or newline >= 0:
+                    data, start = data[newline + 1 :], start + newline + 1
+                    break  # a line longer than CHUNK: reach further back
+            return start, data[: data.rfind(b"\n") + 1]
+
+        return read_back
+
+
+def last_entries(seeker: Seeker, origins: list[str], count: int) -> list[Entry]:
+    """The last ``count`` entries of ``origins`` in the merged order, reading only the end of
+    each origin's stream (its ``count`` newest entries are its last in the log)."""
+    if count <= 0:
+        return []
+    newest: list[Entry] = []
+    for origin in origins:
+        plan = seeker.last(origin, count)
+        newest += list(_origin_entries(seeker.store, plan, origin))[-count:]
+    newest.sort(key=lambda e: e.sort_key)
+    return newest[-count:]
 
 
 def origin_seqs(store: LogStore, files: list[tuple[str, int | None]], origin: str) -> Iterator[int]:
@@ -149,6 +289,8 @@ class VerifyResult:
     @property
     def note(self) -> str:
         """Plain words on what was compared; says so when one side expired what the other keeps."""
+        if not self.peer_reachable:
+            return f"nothing compared: peer {self.peer} not reachable ({self.reason})"
         parts = []
         if self.expired_on_local:
             parts.append(f"{self.expired_on_local} older entries expired on {self.node} only")
@@ -167,7 +309,16 @@ class VerifyResult:
         out = dataclasses.asdict(self)
         out["duplicates"] = self.duplicates
         out["note"] = self.note
+        if not self.peer_reachable:
+            # Nothing was compared: no counts or lists that would read as "none found".
+            for key in out:
+                if key not in _WHAT_WAS_ASKED:
+                    out[key] = None
         return out
+
+
+#: VerifyResult.to_dict keys that stay when nothing could be compared.
+_WHAT_WAS_ASKED = frozenset({"in_sync", "node", "peer", "peer_reachable", "reason", "note"})
 
 
 def compare(

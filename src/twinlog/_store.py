@@ -20,11 +20,13 @@ from typing import Any, Protocol
 
 from twinlog import _failpoints
 from twinlog._fileops import CACHE_FILE, CHUNK, LOG_FILE
+from twinlog._seek import SegmentIndex, build_index
 from twinlog.entry import block_marks, parse_key
 
 __all__ = [
     "INDEX_FILE",
     "SEGMENTS_FILE",
+    "SEGMENT_RE",
     "LogState",
     "LogStore",
     "Ops",
@@ -37,7 +39,7 @@ DRAIN_CHUNK = 4 << 20
 CHECKPOINT_EVERY = 1 << 20
 _TAIL_BYTES = 48
 _EDGE = 256 * 1024  # how much of a drain block's edges is read to find its first and last line
-_SEGMENT_RE = re.compile(r"twinlog\.log\.(\d+)")
+SEGMENT_RE = re.compile(r"twinlog\.log\.(\d+)")
 
 
 def segment_name(number: int) -> str:
@@ -265,7 +267,7 @@ class LogStore:
     def _numbered_segments(self) -> list[tuple[int, str]]:
         numbered = []
         for name in self.ops.listdir():
-            m = _SEGMENT_RE.fullmatch(name)
+            m = SEGMENT_RE.fullmatch(name)
             if m:
                 numbered.append((int(m.group(1)), name))
         return sorted(numbered)
@@ -296,7 +298,9 @@ class LogStore:
             "hwm": dict(state.hwm),
             "max_ts": state.max_ts,
             "rotated_at": time.time(),
+            "index": self._segment_index(name),
         }
+        self._index_one_missing(manifest, numbered)
         self._write_manifest(manifest)
         self.ops.append(LOG_FILE, [], self.fsync)  # the new, empty active log
         self.ops.fsync_dir()
@@ -304,6 +308,26 @@ class LogStore:
         fresh.ino = st[1] if st else None
         self.state = fresh
         return name
+
+    def _segment_index(self, name: str) -> dict[str, Any]:
+        """The seek index of a segment (``_seek.py``): its line heads read once, in page
+        cache right after the rename (about 0.2 s per 50 MiB, once per segment)."""
+        return build_index(self.iter_blocks(name, 0, None)).to_json()
+
+    def _index_one_missing(
+        self, manifest: dict[str, dict[str, Any]], numbered: list[tuple[int, str]]
+    ) -> None:
+        """Index the newest older segment whose index is missing or stale (left by an older
+        twinlog or a crashed rotation): one per rotation, so catching up never holds the
+        lock for long; readers build what is still missing in memory meanwhile."""
+        for number, name in reversed(numbered):
+            info = manifest.get(str(number))
+            st = self.ops.stat(name)
+            if not isinstance(info, dict) or st is None:
+                continue
+            if SegmentIndex.from_json(info.get("index"), st[0]) is None:
+                info["index"] = self._segment_index(name)
+                return
 
     def read_manifest(self) -> dict[str, dict[str, Any]]:
         """What is known of each segment: its final marks and when it was rotated."""

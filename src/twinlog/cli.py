@@ -7,8 +7,9 @@ exit status instead of exiting, so tests call it directly. Exit statuses:
 * 0: done (``status``/``verify``: in sync);
 * 1: degraded (peer unreachable, entries still waiting, logs differ);
 * 2: error: bad usage, configuration or a failing local directory. One line on stderr says what
-  is wrong and how to fix it; never a traceback. ``status``: CRITICAL (a history conflict, or
-  the state cannot be read).
+  is wrong and how to fix it; never a traceback. (``status`` follows the Nagios plugin
+  convention instead: 2 is CRITICAL, a history conflict or over a ``--critical`` limit,
+  and 3, UNKNOWN, is what it cannot tell, with a ``TWINLOG UNKNOWN - ...`` line.)
 """
 
 from __future__ import annotations
@@ -29,9 +30,23 @@ from typing import IO, Any, NoReturn, TextIO
 from twinlog import __version__
 from twinlog._api import TwinLog
 from twinlog._fileops import LOG_FILE, MARKER_FILE
+from twinlog._monitor import (
+    STATE_NAMES,
+    UNKNOWN,
+    Limits,
+    evaluate,
+    lag_seconds,
+    parse_limits,
+    perfdata,
+    prometheus_text,
+    restate,
+    write_textfile,
+)
+from twinlog._query import SEVERITY, Query, parse_level, parse_time
+from twinlog._read import VerifyResult
 from twinlog.config import DEFAULT_CONFIG_PATH, Config
 from twinlog.entry import RESERVED_FIELDS, Entry, decode_line
-from twinlog.exceptions import ConfigError, LockTimeoutError, TwinlogError
+from twinlog.exceptions import ConfigError, InvalidQueryError, LockTimeoutError, TwinlogError
 from twinlog.probe import REASONS
 
 __all__ = ["COMMANDS", "Command", "LogFollower", "format_entry", "main", "parse_field"]
@@ -370,14 +385,21 @@ def _args_write(parser: argparse.ArgumentParser) -> None:
         "message", metavar="MSG", help="the message; '-' reads one per line from stdin"
     )
     parser.add_argument(
-        "-l", "--level", type=_level, default="INFO", help="entry level (default: INFO)"
+        "-l",
+        "--level",
+        type=_level,
+        default="INFO",
+        help=f"entry level: {', '.join(LEVELS)} (any case; default: INFO)",
     )
     parser.add_argument(
         "--field",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="extra field: key=text, or key:=json for a number, true, false or null",
+        help=(
+            "extra field, repeatable: key=text, or key:=json for a number, true, false or null; "
+            f"reserved names: {', '.join(sorted(RESERVED_FIELDS))} (and level: use --level)"
+        ),
     )
 
 
@@ -439,12 +461,85 @@ def _args_tail(parser: argparse.ArgumentParser) -> None:
         "-f", "--follow", action="store_true", help="keep printing new entries until interrupted"
     )
     parser.add_argument("--json", action="store_true", help="JSON Lines, one entry per line")
+    _add_filter_arguments(parser)
     parser.add_argument(
         "--color",
         "--colour",
         choices=("auto", "always", "never"),
         default="auto",
         help="colour the output (default: auto: on a terminal, unless NO_COLOR is set)",
+    )
+
+
+def _query_arg(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """An argparse type from a query parser: its InvalidQueryError becomes a usage error."""
+
+    def convert(text: str) -> Any:
+        try:
+            return parse(text)
+        except InvalidQueryError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    convert.__name__ = parse.__name__  # argparse names the type in its messages
+    return convert
+
+
+def _filter_field(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise InvalidQueryError(f"expected KEY=VALUE, got {text!r}")
+    return key, value
+
+
+def _add_filter_arguments(parser: argparse.ArgumentParser) -> None:
+    """tail's filters: the same meaning as ``TwinLog.read``'s keyword arguments."""
+    group = parser.add_argument_group(
+        "filters",
+        "all given must hold; times are RFC 3339 (2026-12-04T02:00:00Z) or a duration back "
+        "from now (15m, 2h, 1d)",
+    )
+    group.add_argument(
+        "--since", type=_query_arg(parse_time), metavar="TIME", help="entries at or after TIME"
+    )
+    group.add_argument(
+        "--until", type=_query_arg(parse_time), metavar="TIME", help="entries before TIME"
+    )
+    group.add_argument(
+        "--level",
+        type=_query_arg(parse_level),
+        metavar="LEVEL",
+        help=f"LEVEL and more severe ({', '.join(SEVERITY)}; no level counts as INFO)",
+    )
+    group.add_argument("--node", metavar="NODE", help="entries written on NODE")
+    group.add_argument(
+        "--grep",
+        type=_query_arg(lambda text: Query.build(grep=text).grep),
+        metavar="REGEX",
+        help="entries whose message matches REGEX (Python syntax, searched anywhere)",
+    )
+    group.add_argument(
+        "--field",
+        type=_query_arg(_filter_field),
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="entries with field KEY equal to VALUE (80 matches a number too); repeatable",
+    )
+
+
+def _query(args: argparse.Namespace) -> Query:
+    fields: dict[str, str] = {}
+    for key, value in args.field:
+        if fields.get(key, value) != value:
+            raise UsageError(f"--field {key}: given twice with different values")
+        fields[key] = value
+    return Query.build(
+        since=args.since,
+        until=args.until,
+        level=args.level,
+        node=args.node,
+        grep=args.grep,
+        fields=fields,
     )
 
 
@@ -541,13 +636,14 @@ def cmd_tail(args: argparse.Namespace, con: Console) -> int:
         else:
             con.print(format_entry(entry, node_width, colour=colour))
 
+    query = _query(args)
     with TwinLog(cfg) as log:
         # Start watching before reading, so nothing written in between is missed; what both
         # see is printed once thanks to the per-origin sequence numbers.
         follower = LogFollower(cfg.log_dir / LOG_FILE) if args.follow else None
         last_seq = {cfg.node: 0, cfg.peer: 0}
         recent: collections.deque[Entry] = collections.deque(maxlen=args.lines)
-        for entry in log.read():
+        for entry in log.read(last=args.lines, **query.as_read_arguments()):
             last_seq[entry.node] = max(last_seq[entry.node], entry.seq)
             recent.append(entry)
     for entry in recent:
@@ -565,7 +661,8 @@ def cmd_tail(args: argparse.Namespace, con: Console) -> int:
                 if new is None or new.seq <= last_seq.get(new.node, new.seq):
                     continue
                 last_seq[new.node] = new.seq
-                show(new)
+                if query.matches(new):
+                    show(new)
                 shown = True
             if shown:
                 con.out.flush()
@@ -586,6 +683,31 @@ def _args_status(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="metrics in the Prometheus text format (node_exporter textfile collector)",
     )
+    parser.add_argument(
+        "--textfile",
+        metavar="PATH",
+        type=Path,
+        help="with --prometheus: replace PATH atomically instead of printing",
+    )
+    limits = (
+        "LIMITS is a comma-separated list: a duration (15m, 4h, 2d) limits the lag (the age of "
+        "the oldest undelivered entry; while the peer is away, at least the time since the last "
+        "complete sync), a whole number the entries waiting in the caches"
+    )
+    parser.add_argument(
+        "--warning",
+        type=_query_arg(parse_limits),
+        default=Limits(),
+        metavar="LIMITS",
+        help=f"exit 1 (WARNING) over these limits; {limits}",
+    )
+    parser.add_argument(
+        "--critical",
+        type=_query_arg(parse_limits),
+        default=Limits(),
+        metavar="LIMITS",
+        help="exit 2 (CRITICAL) over these limits (as --warning)",
+    )
 
 
 def status_exit(info: dict[str, Any]) -> int:
@@ -595,19 +717,13 @@ def status_exit(info: dict[str, Any]) -> int:
     return 0 if info["in_sync"] else 1
 
 
-def status_summary(info: dict[str, Any]) -> str:
+def status_summary(
+    info: dict[str, Any], warning: Limits | None = None, critical: Limits | None = None
+) -> str:
     """The Nagios-style first line: ``TWINLOG OK - ...`` or ``TWINLOG WARNING - ...``."""
     node, peer = info["node"], info["peer"]
     cache = info["cache_entries"]
-    perf = [f"cache_local={cache['local']}"]
-    for key, value in (
-        ("cache_peer", cache["peer"]),
-        ("pending_to_peer", info["pending_to_peer"]),
-        ("pending_from_peer", info["pending_from_peer"]),
-    ):
-        if value is not None:
-            perf.append(f"{key}={value}")
-    perf.append(f"peer_reachable={int(info['peer_reachable'])}")
+    perf = [perfdata(info, warning, critical)]
     seqs = ", ".join(f"{n}:{s}" for n, s in info["last_seq"].items())
     conflict = info.get("conflict")
     if conflict:
@@ -672,6 +788,7 @@ def status_details(info: dict[str, Any]) -> list[str]:
         lines.append(
             "last seq on peer:  " + ", ".join(f"{n}:{s}" for n, s in info["peer_last_seq"].items())
         )
+    lines += _delivery_lines(info)
     if info["stuck_workers"]:
         pids = ", ".join(str(pid) for pid in info["stuck_workers"])
         lines.append(f"stuck peer workers: {pids}")
@@ -685,87 +802,83 @@ def status_details(info: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _label(value: object) -> str:
-    text = str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-    return f'"{text}"'
+def _delivery_lines(info: dict[str, Any]) -> list[str]:
+    """The oldest undelivered entry each way and the last complete sync, in words."""
+    peer = info["peer"]
+    lines = []
+    for way, label in (("to_peer", f"to {peer}"), ("from_peer", f"from {peer}")):
+        ts = info["oldest_undelivered_ts"][way]
+        if ts is not None:
+            age = info["oldest_undelivered_age_seconds"][way]
+            text = f"{ts} ({_age(age)} ago)"
+        elif way == "from_peer" and not info["peer_reachable"]:
+            text = "unknown (peer not reachable)"
+        else:
+            text = "none"
+        lines.append(f"oldest undelivered {label}: {text}")
+    synced = info["last_sync"]
+    lines.append(
+        "last complete sync: "
+        + (f"{synced} ({_age(info['last_sync_age_seconds'])} ago)" if synced else "never recorded")
+    )
+    return lines
 
 
-def prometheus_text(info: dict[str, Any]) -> str:
-    """The status in the Prometheus text exposition format."""
-    out: list[str] = []
-
-    def metric(name: str, help_text: str, samples: list[tuple[dict[str, Any], int]]) -> None:
-        out.append(f"# HELP {name} {help_text}")
-        out.append(f"# TYPE {name} gauge")
-        for labels, value in samples:
-            rendered = ",".join(f"{k}={_label(v)}" for k, v in labels.items())
-            out.append(f"{name}{{{rendered}}} {value}" if rendered else f"{name} {value}")
-
-    cache = info["cache_entries"]
-    metric(
-        "twinlog_peer_reachable",
-        "Whether this node reached its peer's log directory (1) or not (0).",
-        [({"node": info["node"], "peer": info["peer"]}, int(info["peer_reachable"]))],
-    )
-    metric(
-        "twinlog_in_sync",
-        "Whether both logs hold the same entries and no cache holds any (1) or not (0).",
-        [({}, int(info["in_sync"]))],
-    )
-    metric(
-        "twinlog_cache_entries",
-        "Entries waiting in a cache: side=local for the peer, side=peer for this node.",
-        [({"side": side}, cache[side]) for side in ("local", "peer") if cache[side] is not None],
-    )
-    metric(
-        "twinlog_last_seq",
-        "Highest sequence number of each origin node present in this node's log.",
-        [({"node": n}, seq) for n, seq in info["last_seq"].items()],
-    )
-    pending = [
-        ({"direction": direction}, info[f"pending_{direction}"])
-        for direction in ("to_peer", "from_peer")
-        if info[f"pending_{direction}"] is not None
-    ]
-    if pending:
-        metric(
-            "twinlog_pending_entries",
-            "Entries present on one node's log and not yet on the other's.",
-            pending,
-        )
-    metric(
-        "twinlog_history_conflicts",
-        "Origins whose entries differ between the two logs under the same ids (twinlog repair).",
-        [({}, len(info.get("conflicts", [])))],
-    )
-    metric(
-        "twinlog_stuck_workers",
-        "Peer worker processes stuck in the kernel (a hung mount).",
-        [({}, len(info["stuck_workers"]))],
-    )
-    return "\n".join(out) + "\n"
+def _age(seconds: float) -> str:
+    """``42.0s``, ``3m12s``, ``5h4m``, ``2d3h``: the two largest units."""
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    whole, parts = int(seconds), list[str]()
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if whole >= size or parts:
+            parts.append(f"{whole // size}{unit}")
+            whole %= size
+    return "".join(parts[:2])
 
 
 def cmd_status(args: argparse.Namespace, con: Console) -> int:
+    if args.textfile is not None and not args.prometheus:
+        raise UsageError("--textfile needs --prometheus")
     try:
         cfg = load_config(args)
         with TwinLog(cfg) as log:
             info = log.status()
     except (TwinlogError, OSError) as exc:
-        if args.json or args.prometheus:
-            raise
-        # A monitoring check reads the first line of stdout: say CRITICAL there.
-        con.print(f"TWINLOG CRITICAL - {_describe_error(exc)}")
-        return 2
+        return status_unknown(con, _describe_error(exc), plain=not (args.json or args.prometheus))
+    state, why = evaluate(info, args.warning, args.critical)
+    code = max(status_exit(info), state)
     if args.json:
+        info["check"] = {
+            "state": STATE_NAMES[code],
+            "reason": why,
+            "lag_seconds": lag_seconds(info),
+        }
         con.print(json.dumps(info, indent=2))
     elif args.prometheus:
-        con.out.write(prometheus_text(info))
+        text = prometheus_text(info, __version__)
+        if args.textfile is None:
+            con.out.write(text)
+        else:
+            try:
+                write_textfile(args.textfile, text)
+            except OSError as exc:
+                return status_unknown(con, _describe_error(exc), plain=False)
     else:
-        con.print(status_summary(info))
+        con.print(restate(status_summary(info, args.warning, args.critical), code, why))
         for line in status_details(info):
             con.print(line)
-    return status_exit(info)
+    return code
+
+
+def status_unknown(con: Console, text: str, *, plain: bool) -> int:
+    """Exit 3, UNKNOWN: the check could not tell the state. A monitoring check reads the first
+    line of stdout (with the usual performance data, all unknown); JSON and Prometheus readers
+    get nothing half-made on stdout, and the error on stderr."""
+    if plain:
+        con.print(f"TWINLOG UNKNOWN - {text} | {perfdata(None)}")
+    else:
+        con.error(text)
+    return UNKNOWN
 
 
 # -- reconcile ----------------------------------------------------------------------------
@@ -830,11 +943,13 @@ def cmd_verify(args: argparse.Namespace, con: Console) -> int:
             f"IN SYNC - {cfg.node} and {cfg.peer} hold the same "
             f"{_plural(result.local_entries, 'entry')}"
         )
+        _expiry_note(con, result)
     else:
         con.print(
             f"NOT IN SYNC - {cfg.node} holds {_plural(result.local_entries, 'entry')}, "
             f"{cfg.peer} holds {result.peer_entries}"
         )
+        _expiry_note(con, result)
         for label, ids in (
             (f"missing on {cfg.node} (this node)", result.missing_on_local),
             (f"missing on {cfg.peer} (peer)", result.missing_on_peer),
@@ -850,6 +965,13 @@ def cmd_verify(args: argparse.Namespace, con: Console) -> int:
             origin = result.conflicts[0].split(":", 1)[0]
             con.print(f"run 'twinlog repair' on {origin} to re-log its conflicting entries")
     return 0 if result.in_sync else 1
+
+
+def _expiry_note(con: Console, result: VerifyResult) -> None:
+    """Say so when one side expired (retention) entries the other still keeps: the counts
+    are of each side's own log, and those entries were not compared."""
+    if result.expired_on_local or result.expired_on_peer:
+        con.print(result.note)
 
 
 # -- repair -------------------------------------------------------------------------------
@@ -912,7 +1034,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("tail", "show the merged log of both nodes", _args_tail, cmd_tail),
     Command(
         "status",
-        "peer reachability, caches, sequence numbers (0 ok, 1 degraded)",
+        "peer reachability, caches, delivery lag (0 ok, 1 warning, 2 critical, 3 unknown)",
         _args_status,
         cmd_status,
     ),
@@ -967,6 +1089,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # --help and --version
         return exc.code if isinstance(exc.code, int) else 0
     except UsageError as exc:
+        if _command_of(sys.argv[1:] if argv is None else argv) == "status":
+            return status_unknown(con, str(exc), plain=True)
         con.error(str(exc))
         return 2
     except KeyboardInterrupt:
@@ -984,6 +1108,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             con.out.flush()
         except (BrokenPipeError, ValueError):
             _silence_stdout()
+
+
+def _command_of(argv: Sequence[str]) -> str | None:
+    """The command named in ``argv`` (when parsing failed and argparse cannot say)."""
+    skip = False
+    for token in argv:
+        if skip:
+            skip = False
+        elif token in ("-c", "--config"):
+            skip = True
+        elif not token.startswith("-"):
+            return token
+    return None
 
 
 def _silence_stdout() -> None:

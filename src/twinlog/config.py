@@ -20,7 +20,7 @@ DEFAULT_CONFIG_PATH = Path("/etc/twinlog/twinlog.toml")
 #: Node names appear in entry ids (``"<node>:<seq>"``) and file contents: keep them plain.
 NODE_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
-_MAX_MESSAGE_BYTES_CEILING = 16 * 1024 * 1024
+MAX_MESSAGE_BYTES_CEILING = 16 * 1024 * 1024
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,7 +87,7 @@ class Config:
         for name in ("require_mount", "fsync", "group_commit"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
-        _check_int("max_message_bytes", self.max_message_bytes, 1, _MAX_MESSAGE_BYTES_CEILING)
+        _check_int("max_message_bytes", self.max_message_bytes, 1, MAX_MESSAGE_BYTES_CEILING)
         _check_int("rotate_bytes", self.rotate_bytes, 4096, None)
         if self.retain_segments is not None:
             _check_int("retain_segments", self.retain_segments, 1, None)

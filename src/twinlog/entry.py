@@ -16,6 +16,7 @@ from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from twinlog.config import MAX_MESSAGE_BYTES_CEILING
 from twinlog.exceptions import (
     InvalidEntryError,
     InvalidTypeError,
@@ -121,10 +122,10 @@ def check_message(msg: object, fields: Mapping[str, Any], max_message_bytes: int
     try:
         size = len(msg.encode("utf-8"))
     except UnicodeEncodeError as exc:
-        raise InvalidEntryError(f"msg is not valid text (lone surrogate at {exc.start})") from None
+        raise InvalidEntryError(f"msg {_not_text(msg, exc)}") from None
     if size > max_message_bytes:
         raise MessageTooLargeError(
-            f"msg is {size} bytes, more than max_message_bytes={max_message_bytes}"
+            f"msg is {size} bytes, more than max_message_bytes={max_message_bytes}; {_RAISE_LIMIT}"
         )
     reserved = sorted(RESERVED_FIELDS.intersection(fields))
     if reserved:
@@ -139,16 +140,55 @@ def check_message(msg: object, fields: Mapping[str, Any], max_message_bytes: int
         encoded = tail.encode("utf-8")
     except TypeError as exc:
         raise InvalidTypeError(f"extra fields must be JSON-serialisable: {exc}") from None
+    except UnicodeEncodeError as exc:
+        raise InvalidEntryError(
+            _bad_field(fields) or f"extra fields {_not_text(tail, exc)}"
+        ) from None
     except ValueError as exc:
         raise InvalidEntryError(f"extra fields are not valid JSON values: {exc}") from None
-    except UnicodeEncodeError as exc:
-        raise InvalidEntryError(f"extra fields are not valid text: {exc}") from None
     if len(encoded) > max_message_bytes:
         raise MessageTooLargeError(
             f"extra fields are {len(encoded)} bytes, "
-            f"more than max_message_bytes={max_message_bytes}"
+            f"more than max_message_bytes={max_message_bytes}; {_RAISE_LIMIT}"
         )
     return encoded[1:-1]  # without the braces: spliced after "msg"
+
+
+_RAISE_LIMIT = (
+    "shorten it, or raise the limit: the max_message_bytes key of twinlog.toml (at most "
+    f"{MAX_MESSAGE_BYTES_CEILING}; Config(max_message_bytes=...) in Python, "
+    "twinlog_max_message_bytes in the Ansible role)"
+)
+
+
+def _not_text(text: str, exc: UnicodeEncodeError) -> str:
+    """Why ``text`` cannot be stored, in words that point at the cause: a lone surrogate is
+    what Python makes of a byte that is not UTF-8 (sys.argv, os.environ and file names are
+    decoded with errors="surrogateescape")."""
+    bad = text[exc.start]
+    code = ord(bad)
+    if 0xDC80 <= code <= 0xDCFF:
+        return (
+            f"is not valid UTF-8: byte 0x{code - 0xDC00:02x} at character {exc.start + 1} "
+            "(text from a command line or file name in another encoding); convert it to "
+            "UTF-8 first, e.g. with iconv -f latin1 -t utf-8"
+        )
+    return (
+        f"is not valid text: a lone surrogate U+{code:04X} at character {exc.start + 1} "
+        "(half of a UTF-16 pair); pass real characters"
+    )
+
+
+def _bad_field(fields: Mapping[str, Any]) -> str | None:
+    """Which field name or text value cannot be stored as UTF-8, and why (None: neither)."""
+    for key, value in fields.items():
+        for what, text in ((f"field name {key!r}", key), (f"field {key!r}", value)):
+            if isinstance(text, str):
+                try:
+                    text.encode("utf-8")
+                except UnicodeEncodeError as exc:
+                    return f"{what} {_not_text(text, exc)}"
+    return None
 
 
 def encode_entry(node: str, seq: int, ts: str, msg: str, fields_json: bytes) -> bytes:

@@ -9,6 +9,7 @@ keeps working::
     +-- InvalidEntryError(ValueError)      a message or field that cannot be logged as given
     |   +-- MessageTooLargeError           message larger than ``max_message_bytes``
     |   +-- ReservedFieldError             an extra field named like an entry field (id, seq, ...)
+    +-- InvalidQueryError(ValueError)      a read filter it cannot parse (time, level, regex)
     +-- InvalidTypeError(TypeError)        ``msg`` not a str, a field value not JSON-serialisable
     +-- LockTimeoutError(TimeoutError)     a lock could not be taken within ``lock_timeout``
     +-- StorageError(OSError)              the local log cannot be made durable (disk full, EIO)
@@ -24,6 +25,7 @@ from __future__ import annotations
 __all__ = [
     "ConfigError",
     "InvalidEntryError",
+    "InvalidQueryError",
     "InvalidTypeError",
     "LockTimeoutError",
     "MessageTooLargeError",
@@ -53,6 +55,10 @@ class MessageTooLargeError(InvalidEntryError):
 
 class ReservedFieldError(InvalidEntryError):
     """An extra field uses a name reserved for the entry itself."""
+
+
+class InvalidQueryError(TwinlogError, ValueError):
+    """A filter given to ``read()`` (or ``twinlog tail``) cannot be understood."""
 
 
 class InvalidTypeError(TwinlogError, TypeError):

@@ -10,7 +10,9 @@ With :func:`logging.config.dictConfig`::
     "handlers": {"twinlog": {"class": "twinlog.handler.TwinlogHandler",
                              "config": "/etc/twinlog/twinlog.toml", "level": "INFO"}}
 
-Each record becomes ``TwinLog.write(formatted_message, level=..., logger=..., **extra)``. Like the
+Each record becomes ``TwinLog.write(formatted_message, level=..., logger=..., **extra)``; a
+traceback (``exc_info``) goes into its own ``exc`` field and ``stack_info`` into ``stack``, not
+into the message, so the message stays one readable line and the traceback one field. Like the
 handlers of :mod:`logging.handlers`, a failure goes to :meth:`~logging.Handler.handleError`
 (a report on stderr when ``logging.raiseExceptions`` is true) and never into the application.
 """
@@ -20,14 +22,23 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import threading
+from collections.abc import Mapping
 from typing import Any
 
 from twinlog._api import TwinLog
 from twinlog.config import Config
 from twinlog.entry import RESERVED_FIELDS
 
-__all__ = ["EXTRA_PREFIX", "TwinlogHandler", "fit_message", "record_fields"]
+__all__ = [
+    "EXTRA_PREFIX",
+    "TwinlogHandler",
+    "fit_json_text",
+    "fit_message",
+    "record_fields",
+    "structured",
+]
 
 #: Prefix given to an ``extra=`` key that clashes with a reserved or handler-set field name.
 EXTRA_PREFIX = "extra_"
@@ -38,7 +49,10 @@ _RECORD_ATTRS = frozenset(logging.LogRecord("", logging.INFO, "", 0, "", None, N
     "asctime",
     "taskName",
 }
-_OWN_FIELDS = frozenset({"level", "logger"})
+_DEFAULT_FORMATTER = logging.Formatter()
+_OWN_FIELDS = frozenset({"level", "logger", "exc", "stack"})
+# Room kept beside the other fields for the ``"exc":"..."`` key, quotes and separator.
+_FIELD_OVERHEAD = 16
 
 
 def _json_value(value: Any) -> Any:
@@ -50,13 +64,17 @@ def _json_value(value: Any) -> Any:
     return value
 
 
-def record_fields(record: logging.LogRecord) -> dict[str, Any]:
-    """The entry's extra fields for ``record``: level, logger and the record's ``extra=``."""
+def record_fields(
+    record: logging.LogRecord, event: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """The entry's extra fields for ``record``: level, logger, the record's ``extra=`` and, for
+    a structured record, the keys of its ``event`` dict. Names starting with ``_`` are private
+    to the logging machinery (structlog's ``_logger``, ``_name``, ``_record``): not stored."""
     fields: dict[str, Any] = {"level": record.levelname, "logger": record.name}
     extra = {
         key: value
-        for key, value in record.__dict__.items()
-        if isinstance(key, str) and key and key not in _RECORD_ATTRS
+        for key, value in [*record.__dict__.items(), *(event or {}).items()]
+        if isinstance(key, str) and key and not key.startswith("_") and key not in _RECORD_ATTRS
     }
     taken = RESERVED_FIELDS | _OWN_FIELDS
     # Keys that clash are renamed after the others have their own names, so a renamed key never
@@ -82,12 +100,20 @@ class TwinlogHandler(logging.Handler):
     """
 
     def __init__(self, config: Config | str | os.PathLike[str], level: int | str = logging.NOTSET):
-        super().__init__(level)
-        if not isinstance(config, Config):
-            config = Config.load(config)
-        self.config = config
-        self._log: TwinLog | None = TwinLog(config)
+        # Before anything can fail: logging registers the handler as it is constructed and
+        # closes every registered handler at exit; a configuration that failed here must find
+        # a handler it can close, not an AttributeError in an atexit callback.
         self._close_guard = threading.Lock()
+        self._log: TwinLog | None = None
+        super().__init__(level)
+        try:
+            if not isinstance(config, Config):
+                config = Config.load(config)
+            self.config = config
+            self._log = TwinLog(config)
+        except BaseException:
+            super().close()  # no longer registered: nothing to close at exit
+            raise
 
     def handle(self, record: logging.LogRecord) -> bool:
         # Unlike logging.Handler.handle, do not hold the handler lock while emitting: TwinLog is
@@ -103,15 +129,41 @@ class TwinlogHandler(logging.Handler):
             log = self._log
             if log is None:
                 raise ValueError("TwinlogHandler is closed")
-            message, cut = fit_message(self.format(record), self.config.max_message_bytes)
-            fields = record_fields(record)
+            limit = self.config.max_message_bytes
+            record, event = structured(record)
+            text, traces = self._format_apart(record)
+            message, cut = fit_message(text, limit)
+            fields = record_fields(record, event)
             if cut:
                 fields["truncated_bytes"] = cut
+            for key, trace in traces.items():
+                used = len(json.dumps(fields, ensure_ascii=False).encode("utf-8"))
+                fields[key] = fit_json_text(trace, limit - used - _FIELD_OVERHEAD)
             log.write(message, **fields)
         except RecursionError:  # as in the standard handlers: let this one through
             raise
         except Exception:
             self.handleError(record)
+
+    def _format_apart(self, record: logging.LogRecord) -> tuple[str, dict[str, str]]:
+        """The formatted message without the traceback and stack a Formatter appends, and
+        those two as the ``exc`` and ``stack`` fields (only those present)."""
+        formatter = self.formatter or _DEFAULT_FORMATTER
+        traces: dict[str, str] = {}
+        if record.exc_info and record.exc_info[0] is not None:
+            traces["exc"] = formatter.formatException(record.exc_info)
+        elif record.exc_text:
+            traces["exc"] = record.exc_text
+        if record.stack_info:
+            traces["stack"] = formatter.formatStack(record.stack_info)
+        if not traces:
+            return self.format(record), traces
+        saved = record.exc_info, record.exc_text, record.stack_info
+        record.exc_info, record.exc_text, record.stack_info = None, None, None
+        try:
+            return self.format(record), traces
+        finally:  # other handlers of the record still see it whole
+            record.exc_info, record.exc_text, record.stack_info = saved
 
     def close(self) -> None:
         """Close the TwinLog (stops its peer worker). Records emitted afterwards are reported
@@ -129,6 +181,32 @@ class TwinlogHandler(logging.Handler):
         return f"<{type(self).__name__} {self.config.node} -> {self.config.peer} ({level})>"
 
 
+def structured(record: logging.LogRecord) -> tuple[logging.LogRecord, dict[str, Any] | None]:
+    """A record whose ``msg`` is a mapping (an event dict: what structlog's
+    ``ProcessorFormatter.wrap_for_formatter`` hands to logging, or ``log.info({...})``) as a
+    plain copy whose message is the ``event`` key, and the other keys, to store as fields;
+    ``exc_info`` in the dict acts as the logging keyword does (``stack_info`` when it is
+    already text). Any other record
+    as it is, and None."""
+    if not isinstance(record.msg, Mapping):
+        return record, None
+    event = dict(record.msg)
+    plain = logging.makeLogRecord(record.__dict__)  # other handlers still get the original
+    plain.msg, plain.args = str(event.pop("event", "")), ()
+    exc = event.pop("exc_info", None)
+    if exc and not plain.exc_info:
+        if isinstance(exc, BaseException):
+            plain.exc_info = (type(exc), exc, exc.__traceback__)
+        elif isinstance(exc, tuple):
+            plain.exc_info = exc
+        else:  # True: the exception being handled, as logging.exception does
+            plain.exc_info = sys.exc_info()
+    stack = event.pop("stack_info", None)
+    if isinstance(stack, str) and not plain.stack_info:
+        plain.stack_info = stack
+    return plain, event
+
+
 def fit_message(message: str, limit: int) -> tuple[str, int]:
     """``message`` cut to at most ``limit`` UTF-8 bytes (on a character boundary), marked as cut,
     and how many bytes were cut: a long traceback is logged shortened rather than dropped."""
@@ -139,3 +217,16 @@ def fit_message(message: str, limit: int) -> tuple[str, int]:
     keep = max(0, limit - len(marker))
     head = data[:keep].decode("utf-8", "ignore")
     return head + marker, len(data) - len(head.encode("utf-8"))
+
+
+def fit_json_text(text: str, limit: int) -> str:
+    """``text`` cut (as :func:`fit_message` cuts) so that its JSON string, escapes and quotes
+    included, takes at most ``limit`` bytes: a traceback's newlines and quotes each grow when
+    encoded, and the fields together must stay within ``max_message_bytes``."""
+    budget = max(0, limit)
+    while True:
+        cut, _ = fit_message(text, budget)
+        size = len(json.dumps(cut, ensure_ascii=False).encode("utf-8", "surrogatepass"))
+        if size <= limit or budget == 0:
+            return cut
+        budget = max(0, budget - (size - limit))

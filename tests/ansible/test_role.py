@@ -338,6 +338,7 @@ class Node:
             "twinlog_manage_services": False,
             "twinlog_lock_timeout": 25,
             "twinlog_fsync": True,
+            "twinlog_prometheus_textfile_dir": "/var/lib/prometheus/node-exporter",
         }
         self.inventory.write_text(
             json.dumps(
@@ -586,6 +587,15 @@ def test_systemd_units_verify(deployed: tuple[Node, list[Any]]) -> None:
     assert f"ReadWritePaths={node.path('/var/lib/twinlog/log')}\n" in service
     assert "ProtectSystem=strict\n" in service
     assert "OnCalendar=minutely\n" in (unit_dir / "twinlog-reconcile.timer").read_text()
+    # Metrics for node_exporter's textfile collector, from the reconcile run only.
+    textfile_dir = node.path("/var/lib/prometheus/node-exporter")
+    assert (
+        f"ExecStopPost=-{venv_bin} --config {config} status --prometheus "
+        f"--textfile {textfile_dir}/twinlog.prom\n"
+    ) in service
+    assert f"ReadWritePaths=-{textfile_dir}\n" in service
+    rotate = (unit_dir / "twinlog-rotate.service").read_text()
+    assert "ExecStopPost" not in rotate and "node-exporter" not in rotate
     assert "OnCalendar=daily\n" in (unit_dir / "twinlog-rotate.timer").read_text()
     # systemd's own mount unit of the peer mount point (from fstab) mounts the peer before a run.
     mount_unit = run(
