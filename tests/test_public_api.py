@@ -65,5 +65,15 @@ def test_init_is_the_one_way_a_log_directory_comes_into_being() -> None:
 
 
 def test_twinlog_methods() -> None:
-    for name in ("write", "reconcile", "read", "status", "verify", "rotate", "repair", "close"):
+    for name in (
+        "write",
+        "write_many",
+        "reconcile",
+        "read",
+        "status",
+        "verify",
+        "rotate",
+        "repair",
+        "close",
+    ):
         assert callable(getattr(twinlog.TwinLog, name))

@@ -9,7 +9,7 @@ import re
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -47,7 +47,9 @@ from twinlog.config import Config
 from twinlog.entry import Entry, check_message, encode_entry, format_ts, id_prefix, parse_key
 from twinlog.exceptions import (
     ConfigError,
+    InvalidEntryError,
     InvalidQueryError,
+    InvalidTypeError,
     LockTimeoutError,
     NotInitialisedError,
     PeerError,
@@ -244,16 +246,49 @@ class TwinLog:
         node, share one lock hold and one fsync per file (group commit, see ``_group.py``).
         """
         fields_json = check_message(msg, fields, self.config.max_message_bytes)
-        pending = _Pending(msg, fields_json, dict(fields))
+        return self._submit([_Pending(msg, fields_json, dict(fields))])[0]
+
+    def write_many(self, items: Iterable[str | tuple[str, Mapping[str, Any]]]) -> list[Entry]:
+        """Log several entries in one commit; return them, durable, in order (their ids in
+        order, without gaps between them).
+
+        Each item is a message, or a ``(msg, fields)`` pair. The promise is ``write()``'s for
+        every entry, and so are the errors; every item is checked before anything is written,
+        and one bad item rejects the whole batch (the error names its index).
+        """
+        pending = []
+        for index, item in enumerate(items):
+            fields: Mapping[str, Any]
+            if isinstance(item, str):
+                msg, fields = item, {}
+            elif isinstance(item, tuple) and len(item) == 2 and isinstance(item[1], Mapping):
+                msg, fields = item
+            else:
+                raise InvalidTypeError(
+                    f"item {index}: expected a message or a (msg, fields) pair, "
+                    f"got {type(item).__name__}"
+                )
+            try:
+                fields_json = check_message(msg, fields, self.config.max_message_bytes)
+            except (InvalidEntryError, InvalidTypeError) as exc:
+                raise type(exc)(f"item {index}: {exc}") from None
+            pending.append(_Pending(msg, fields_json, dict(fields)))
+        return self._submit(pending)
+
+    def _submit(self, pending: list[_Pending]) -> list[Entry]:
+        """Queue checked entries, side by side, and commit them (or wait for the thread that
+        commits them with its own); raise the first error any of them got."""
+        if not pending:
+            return []
         with self._queue_guard:
-            self._queue.append(pending)
+            self._queue.extend(pending)
         with self._mutex:
-            if pending.entry is None and pending.error is None:
+            if any(p.entry is None and p.error is None for p in pending):
                 self._commit_group(self._take_queue())
-        if pending.error is not None:
-            raise pending.error
-        assert pending.entry is not None
-        return pending.entry
+        for p in pending:
+            if p.error is not None:
+                raise p.error
+        return [p.entry for p in pending if p.entry is not None]
 
     def _take_queue(self) -> list[_Pending]:
         with self._queue_guard:

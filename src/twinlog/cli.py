@@ -20,10 +20,11 @@ import dataclasses
 import errno
 import json
 import os
+import select
 import stat
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any, NoReturn, TextIO
 
@@ -45,7 +46,7 @@ from twinlog._monitor import (
 from twinlog._query import SEVERITY, Query, parse_level, parse_time
 from twinlog._read import VerifyResult
 from twinlog.config import DEFAULT_CONFIG_PATH, Config
-from twinlog.entry import RESERVED_FIELDS, Entry, decode_line
+from twinlog.entry import RESERVED_FIELDS, Entry, check_message, decode_line
 from twinlog.exceptions import ConfigError, InvalidQueryError, LockTimeoutError, TwinlogError
 from twinlog.probe import REASONS
 
@@ -403,13 +404,53 @@ def _args_write(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _stdin_lines() -> Iterable[str]:
+#: ``twinlog write -`` commits what has arrived on stdin together: at most this many lines or
+#: bytes per commit, and it waits at most BATCH_WAIT seconds for more once a line is there.
+BATCH_LINES = 512
+BATCH_BYTES = 1 << 20
+BATCH_WAIT = 0.002
+
+
+def _stdin_batches() -> Iterator[list[tuple[int, str]]]:
+    """Numbered stdin lines, in batches of what has arrived together (a burst from a pipe
+    becomes one commit; a line typed alone is committed at once)."""
     raw = getattr(sys.stdin, "buffer", None)
-    if raw is None:  # a text stream put in place of stdin (tests, embedding)
-        yield from sys.stdin
+    try:
+        fd = raw.fileno() if raw is not None else -1
+    except (OSError, ValueError):  # io.UnsupportedOperation: an in-memory stream
+        fd = -1
+    if fd < 0:  # a stream put in place of stdin (tests, embedding): no waiting to do
+        stream: Iterable[str | bytes] = sys.stdin if raw is None else raw
+        numbered = [
+            (n, x if isinstance(x, str) else x.decode("utf-8", "replace"))
+            for n, x in enumerate(stream, 1)
+        ]
+        for start in range(0, len(numbered), BATCH_LINES):
+            yield numbered[start : start + BATCH_LINES]
         return
-    for line in raw:
-        yield line.decode("utf-8", "replace")
+    number, pending, eof = 0, b"", False
+    while not eof:
+        data = os.read(fd, 1 << 16)  # waits for the first bytes of a batch
+        eof = not data
+        pending += data
+        deadline = time.monotonic() + BATCH_WAIT
+        while not eof and pending.count(b"\n") < BATCH_LINES and len(pending) < BATCH_BYTES:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                break
+            data = os.read(fd, 1 << 16)
+            eof = not data
+            pending += data
+        lines = pending.split(b"\n")
+        pending = lines.pop() if not eof else b""
+        if eof and lines and lines[-1] == b"":
+            lines.pop()
+        batch = []
+        for line in lines:
+            number += 1
+            batch.append((number, line.decode("utf-8", "replace") + "\n"))
+        for start in range(0, len(batch), BATCH_LINES):
+            yield batch[start : start + BATCH_LINES]
 
 
 def cmd_write(args: argparse.Namespace, con: Console) -> int:
@@ -425,19 +466,21 @@ def cmd_write(args: argparse.Namespace, con: Console) -> int:
         if args.message != "-":
             con.print(log.write(args.message, **fields).id)
         else:
-            for number, line in enumerate(_stdin_lines(), 1):
-                msg = line.rstrip("\r\n")
-                if not msg:
-                    continue
-                try:
-                    entry = log.write(msg, **fields)
-                except (TwinlogError, ValueError, TypeError) as exc:
-                    if isinstance(exc, OSError):
-                        raise  # storage failures stop the whole run
-                    con.error(f"stdin line {number} not logged: {exc}")
-                    status = 2
-                    continue
-                con.print(entry.id)
+            for batch in _stdin_batches():
+                good: list[tuple[str, dict[str, Any]]] = []
+                for number, line in batch:
+                    msg = line.rstrip("\r\n")
+                    if not msg:
+                        continue
+                    try:  # each line on its own: a bad one must not reject its batch
+                        check_message(msg, fields, cfg.max_message_bytes)
+                    except (TwinlogError, ValueError, TypeError) as exc:
+                        con.error(f"stdin line {number} not logged: {exc}")
+                        status = 2
+                        continue
+                    good.append((msg, fields))
+                for entry in log.write_many(good):  # storage failures stop the whole run
+                    con.print(entry.id)
                 con.out.flush()
         if log.last_reason != "ok":
             con.error(
