@@ -374,3 +374,33 @@ def test_the_command_line_reports_and_repairs_a_conflict(
     assert run("a", "status")[0] == 0
     code, out = run("a", "repair")
     assert code == 0 and "nothing to repair" in out
+
+
+def test_repair_re_logs_only_entries_that_differ(pair: Pair, tmp_path: Path) -> None:
+    """A record that names an earlier first conflicting id than the logs show (restored from a
+    snapshot, say): entries identical on both sides are not re-logged."""
+    a = pair.twin("a")
+    a.write("one")
+    a.write("two")
+    a.close()
+    snapshot = tmp_path / "snapshot"
+    shutil.copytree(pair.log_dir("a"), snapshot)
+    pair.twin("a").write("three")
+    replace_disk(pair, "a").close()
+    shutil.copytree(snapshot, pair.log_dir("a"), dirs_exist_ok=True)
+    pair.partition()
+    pair.twin("a").write("three, again")  # a:3, different
+    pair.heal()
+    a = pair.twin("a")
+    a.reconcile()
+    record = pair.log_dir("a") / CONFLICT_FILE
+    doc = json.loads(record.read_text())
+    assert doc[0]["first_seq"] == 3
+    doc[0]["first_seq"] = 1
+    record.write_text(json.dumps(doc))
+    result = a.repair()
+    assert result.repaired
+    assert result.relogged == [("a:3", "a:4")]
+    msgs = [e.msg for e in a.read()]
+    assert msgs == ["one", "two", "three", "three, again"]
+    assert_converged(pair, ["a:1", "a:2", "a:3", "a:4"])

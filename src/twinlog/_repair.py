@@ -140,6 +140,9 @@ def rebuild(
         picked = [line for line in lines if _seq(line) <= peer_mark]
         _append_all(ops, iter(picked), local.fsync)
         taken += len(picked)
+        for line in picked:  # the same entry on both sides is not ours to re-log
+            if replaced.get(_seq(line)) == line:
+                del replaced[_seq(line)]
     _append_all(ops, (kept[seq] for seq in sorted(kept)), local.fsync)
     next_seq = max(peer_mark, state.hwm.get(origin, 0)) + 1
     floor = max(state.max_ts, peer_state.max_ts) or None
