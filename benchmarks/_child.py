@@ -85,6 +85,38 @@ def _timed_writes(log: TwinLog, msg: str, threads: int, start: float, end: float
     }
 
 
+def _batches(args: dict[str, Any]) -> dict[str, Any]:
+    """For each of ``sizes``, ``duration`` seconds of write_many() in batches of that size
+    (``write()`` for 1): entries written, calls, seconds."""
+    config = Config.from_mapping(args["config"])
+    msg: str = args["msg"]
+    windows = []
+    with TwinLog(config) as log:
+        log.write(msg, warmup=True)  # starts the peer worker outside the timed windows
+        for size in args["sizes"]:
+            items = [msg] * size
+            entries = calls = 0
+            t0 = time.monotonic()
+            end = t0 + args["duration"]
+            while time.monotonic() < end:
+                if size == 1:
+                    log.write(msg)
+                else:
+                    log.write_many(items)
+                entries += size
+                calls += 1
+            windows.append(
+                {
+                    "size": size,
+                    "entries": entries,
+                    "calls": calls,
+                    "seconds": time.monotonic() - t0,
+                    "reason": log.last_reason,
+                }
+            )
+    return {"windows": [(w["size"], w) for w in windows]}
+
+
 def _drain(args: dict[str, Any]) -> dict[str, Any]:
     config = Config.from_mapping(args["config"])
     start_rss = _rss_mb()["rss_mb"]
@@ -134,7 +166,13 @@ def _verify(args: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-_TASKS = {"writer": _writer, "drain": _drain, "read": _read, "verify": _verify}
+_TASKS = {
+    "writer": _writer,
+    "batches": _batches,
+    "drain": _drain,
+    "read": _read,
+    "verify": _verify,
+}
 
 
 def main() -> None:

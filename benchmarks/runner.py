@@ -17,6 +17,7 @@ from pathlib import Path
 
 from benchmarks import ROW_KEYS
 from benchmarks._env import Row, can_bind_mount, machine_description
+from benchmarks.batch import run_batches
 from benchmarks.bigdata import run_drain, run_read_verify
 from benchmarks.latency import Series, run_latency, run_overhead, run_probe
 from benchmarks.seek import run_seek
@@ -24,7 +25,7 @@ from benchmarks.throughput import run_throughput
 
 __all__ = ["format_markdown", "format_text", "main", "run_all"]
 
-SECTIONS = ("single", "overhead", "concurrent", "drain", "read", "seek", "probe")
+SECTIONS = ("single", "overhead", "concurrent", "batch", "drain", "read", "seek", "probe")
 
 
 def run_all(
@@ -51,6 +52,9 @@ def run_all(
     if "concurrent" in sections:
         say(f"concurrent writers: {duration:g} s per row")
         rows += run_throughput(base, duration)
+    if "batch" in sections:
+        say(f"write_many() batches: {duration:g} s per row")
+        rows += run_batches(base, duration)
     if "drain" in sections:
         say(f"drain of {entries:,} cached entries")
         rows += run_drain(base, entries)
