@@ -123,7 +123,7 @@ def _drain(args: dict[str, Any]) -> dict[str, Any]:
     t0 = time.perf_counter()
     with TwinLog(config) as log:
         # Start the peer worker first, as a running writer would have it: not part of the drain.
-        log._remote.call("stat", "twinlog.node", timeout=30)
+        log._sides.reach.remote.call("stat", "twinlog.node", timeout=30)
         t1 = time.perf_counter()
         result = log.reconcile()
         t2 = time.perf_counter()

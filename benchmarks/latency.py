@@ -283,13 +283,11 @@ def _probe_once(log: TwinLog) -> None:
     # What each write() spends before it may touch the peer: the checks without peer I/O
     # (mount table, stuck workers). The identity check runs only for a new worker or after a
     # mount change (measured apart).
-    assert log._precheck() is None
+    assert log._sides.reach.precheck() is None
 
 
 def _identity_check(log: TwinLog) -> None:
-    log._peer_ops.check_identity(
-        log.config.peer, log._local_ops.dev_ino(), log.config.probe_timeout
-    )
+    log._sides.reach.ops.check_identity(log.config.peer, log._local_ops.dev_ino())
 
 
 def _share_of_write_row(
@@ -336,7 +334,7 @@ def run_probe(base: Path, samples: int, write_p50: float) -> list[Row]:
                 note="once per worker and mount-table change, not per write",
             )
         )
-        proc = log._remote._proc
+        proc = log._sides.reach.remote._proc
         assert proc is not None
         timeout = log.config.probe_timeout
         os.kill(proc.pid, signal.SIGSTOP)  # the worker hangs like a call on a dead NFS mount

@@ -18,7 +18,7 @@ from typing import IO, Any
 
 from benchmarks._env import REPO_ROOT, BenchPair, Row, bench_pair, child_command
 from benchmarks.latency import MESSAGE
-from twinlog._api import _CONTENDED_HOLD
+from twinlog._election import CONTENDED_HOLD
 
 __all__ = ["WRITER_COUNTS", "run_throughput"]
 
@@ -127,8 +127,8 @@ def _single_rate(writers: _Writers, duration: float) -> float:
     """The rate of writer 0 alone, for the row that follows: this host's speed drifts by tens
     of percent within a minute, so each row's ratio is against a single-writer window run
     just before it, not one from the start of the section. Writer 0 has met company in the
-    row before and would elect for ``_CONTENDED_HOLD``: that is waited out first."""
-    time.sleep(_CONTENDED_HOLD + 0.2)
+    row before and would elect for ``CONTENDED_HOLD``: that is waited out first."""
+    time.sleep(CONTENDED_HOLD + 0.2)
     total, _ = writers.run([0], duration)
     return total / duration
 

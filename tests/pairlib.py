@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 from twinlog import Config, TwinLog
+from twinlog._commit import Commit
 from twinlog._group import Leadership
 
 
@@ -211,8 +212,8 @@ def write_through_a_leader(
 ) -> list[str]:
     """``follower.write(msg)`` in a thread, committed by ``leader`` as the group-commit leader
     (one ``_commit`` for it, after ``before_commit``); the ids the write returned."""
-    assert leader._group_name is not None
-    lead = Leadership.try_take(leader._group_name)
+    assert leader._election is not None
+    lead = Leadership.try_take(leader._election.name)
     assert lead is not None
     # The lock is busy (as while a leader waits for it), so the writer follows, not commits alone.
     holder = pair.twin(leader.config.node)
@@ -226,7 +227,7 @@ def write_through_a_leader(
     holder._local_ops.unlock()
     with leader._mutex:
         before_commit()
-        leader._commit([], lead=lead)
+        Commit(leader._sides, leader._stats, [], lead=lead).run()
     t.join(5)
     lead.close()
     return done

@@ -100,12 +100,12 @@ def test_orphans_written_by_a_dead_leader_are_answered_not_written_again(pair: P
     line = encode_entry("a", 2, ts, "orphan", b'"k":1')
     with open(pair.log_dir("a") / "twinlog.log", "ab") as f:  # what the dead leader wrote
         f.write(line)
-    from twinlog._api import _Pending
+    from twinlog._commit import Commit, Pending
 
-    written = _Pending("orphan", b'"k":1', {"k": 1}, orphan=(2, ts))
-    unwritten = _Pending("lost", b"", {}, orphan=(3, "2099-01-01T00:00:00.000002Z"))
+    written = Pending("orphan", b'"k":1', {"k": 1}, orphan=(2, ts))
+    unwritten = Pending("lost", b"", {}, orphan=(3, "2099-01-01T00:00:00.000002Z"))
     with a._mutex:
-        a._commit([written, unwritten])
+        Commit(a._sides, a._stats, [written, unwritten]).run()
     assert written.entry is not None and written.entry.id == "a:2"
     assert written.entry.ts == ts
     assert unwritten.entry is not None and unwritten.entry.seq == 3
@@ -314,7 +314,7 @@ def test_a_follower_learns_the_leaders_view_of_the_peer(pair: Pair) -> None:
 
     def as_after_a_timeout() -> None:
         # ...but the reason this time is the missing mount
-        leader._backoff_until = time.monotonic() + 60
+        leader._sides.reach._backoff_until = time.monotonic() + 60
 
     done = write_through_a_leader(pair, leader, follower, "via the leader", as_after_a_timeout)
     assert done == ["a:1"]
@@ -345,7 +345,7 @@ def test_the_answer_carries_the_back_off(name: bytes, pair: Pair) -> None:
     lead.close()
     assert outcome.kind == "done" and outcome.peer == ("timeout", until)
     twin = pair.twin("a")
-    twin._learn(outcome.peer)
-    assert twin._backoff_reason() == "timeout" and twin.last_reason == "timeout"
-    twin._learn(("ok", 0.0))
-    assert twin._backoff_reason() is None
+    twin._sides.reach.told(*outcome.peer)
+    assert twin._sides.reach.backing_off() == "timeout" and twin.last_reason == "timeout"
+    twin._sides.reach.told("ok", 0.0)
+    assert twin._sides.reach.backing_off() is None

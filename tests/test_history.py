@@ -233,7 +233,7 @@ def test_find_line_locates_entries_across_segments(pair: Pair) -> None:
         a.write(f"{i} " + "z" * 80)
         if i % 30 == 29:
             a.rotate()
-    store = a._local
+    store = a._sides.local
     for seq in (1, 30, 31, 99, 100):
         line = find_line(store, "a", seq)
         assert line is not None and json.loads(line)["id"] == f"a:{seq}"

@@ -71,7 +71,7 @@ def test_lock_is_posix_not_flock_and_excludes_other_processes(tmp_path: Path) ->
 def test_lock_taken_through_a_mount_excludes_the_local_one(pair: Pair) -> None:
     """a's worker locks b's directory through a's peer mount; b's own lock must wait."""
     a = pair.twin("a")
-    a._peer_ops.connect("b", a._local_ops.dev_ino(), 2.0)
+    a._sides.reach.ops.connect("b", a._local_ops.dev_ino())
     try:
         held = locks_on(pair.log_dir("b") / "twinlog.lock")
         assert len(held) == 1 and "POSIX" in held[0]
@@ -79,7 +79,7 @@ def test_lock_taken_through_a_mount_excludes_the_local_one(pair: Pair) -> None:
         with pytest.raises(LockTimeoutError):
             b_lock.acquire(0.2)
     finally:
-        a._peer_ops.release()
+        a._sides.reach.ops.release()
     b_lock.acquire(0.5)
     b_lock.release()
 
@@ -139,14 +139,14 @@ def test_twinlog_holds_ofd_lock_locally_and_posix_through_the_mount(pair: Pair) 
     DirOps.lock.)"""
     a = pair.twin("a")
     seen: dict[str, list[str]] = {}
-    real_refresh = a._peer.refresh
+    real_refresh = a._sides.peer.refresh_with
 
     def spy(*args: object, **kw: object) -> object:
         seen["a"] = locks_on(pair.log_dir("a") / "twinlog.lock")
         seen["b"] = locks_on(pair.log_dir("b") / "twinlog.lock")
         return real_refresh(*args, **kw)  # type: ignore[arg-type]
 
-    a._peer.refresh = spy  # type: ignore[method-assign]
+    a._sides.peer.refresh_with = spy  # type: ignore[method-assign]
     a.write("observed")
     assert len(seen["a"]) == 1 and "OFDLCK" in seen["a"][0]
     assert len(seen["b"]) == 1 and "POSIX" in seen["b"][0]

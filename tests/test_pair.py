@@ -131,7 +131,7 @@ def test_a_new_entry_sorts_after_everything_its_node_has_seen(pair: Pair) -> Non
 
     future = 4_000_000_000 * 1_000_000  # year 2096
     b = pair.twin("b", probe_timeout=2.0)
-    b._clock = HybridClock(lambda: future)
+    b._sides.clock = HybridClock(lambda: future)
     b.write("from the future")
     a = pair.twin("a")
     e = a.write("reply")
@@ -392,9 +392,9 @@ def test_checkpoints_let_a_fresh_process_start_from_the_end(pair: Pair) -> None:
         assert idx["offset"] > 1 << 20
         assert idx["hwm"]["a"] > 0 and idx["hwm"]["b"] > 0
     fresh = pair.twin("a")
-    fresh._local.refresh(repair=False)
-    assert fresh._local.state is not None
-    assert fresh._local.state.checkpoint_offset > 0, "started from the checkpoint"
+    fresh._sides.local.refresh(repair=False)
+    assert fresh._sides.local.state is not None
+    assert fresh._sides.local.state.checkpoint_offset > 0, "started from the checkpoint"
     assert fresh.write("next").seq == 201
     # a checkpoint that does not match the file is ignored, not trusted
     (pair.log_dir("a") / "twinlog.idx").write_text(

@@ -18,7 +18,7 @@ from twinlog import StorageError
 
 
 def worker_pid(log: object) -> int:
-    proc = log._remote._proc  # type: ignore[attr-defined]
+    proc = log._sides.reach.remote._proc  # type: ignore[attr-defined]
     assert proc is not None and proc.poll() is None
     return int(proc.pid)
 
@@ -60,20 +60,20 @@ def test_worker_hung_mid_append_is_bounded_and_exactly_once(pair: Pair, trips: s
     a.write("first")
     name = "append_if_settled" if trips == "one" else "append_and_release"
     if trips == "two":
-        a._settled_paused_until = float("inf")  # type: ignore[attr-defined]
-    real_append = getattr(a._peer_ops, name)
+        a._sides.reach._one_trip_paused_until = float("inf")
+    real_append = getattr(a._sides.reach.ops, name)
 
     def append_then_hang(*args: object) -> object:
         result = real_append(*args)  # lands on the peer...
         os.kill(worker_pid(a), signal.SIGSTOP)  # ...but the answer never comes back
-        a._peer_ops._call("stat", "twinlog.log")
+        a._sides.reach.ops._call("stat", "twinlog.log")
         return result
 
-    setattr(a._peer_ops, name, append_then_hang)
+    setattr(a._sides.reach.ops, name, append_then_hang)
     start = time.monotonic()
     a.write("lands but unacknowledged by the peer")
     assert time.monotonic() - start < 0.5 + 0.5 + 0.5
-    delattr(a._peer_ops, name)
+    delattr(a._sides.reach.ops, name)
     assert a.last_reason != "ok"
     assert b"a:2" in (pair.log_dir("a") / "twinlog.cache").read_bytes()
     assert "a:2" in log_ids(pair.log_dir("b"))

@@ -151,8 +151,8 @@ def test_retention_keeps_a_segment_the_peer_still_needs(pair: Pair) -> None:
     a.rotate()
     b_log = pair.log_dir("b") / "twinlog.log"
     pair.connect("a")
-    a_local = a._local
-    a._local.refresh(repair=False)
+    a_local = a._sides.local
+    a._sides.local.refresh(repair=False)
     deleted = a_local.expire(delivered_own_seq=0, retain_segments=1, retain_days=None)
     assert deleted == []
     assert not b_log.exists() or b"undelivered" not in b_log.read_bytes()

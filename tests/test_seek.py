@@ -149,7 +149,7 @@ def test_a_window_reads_only_the_segments_it_needs(
     pair: Pair, history: tuple[TwinLog, list[Entry]]
 ) -> None:
     _log, everything = history
-    store = pair.twin("a")._local
+    store = pair.twin("a")._sides.local
     pinned, files = pinned_snapshot(store, store.ops.dir_fd)  # type: ignore[attr-defined]
     try:
         seeker = Seeker(store, files, store.read_manifest())

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from pairlib import Pair, assert_converged, log_ids, log_lines, write_through_a_leader
-from twinlog._fileops import DirOps, _as_expected
+from twinlog._fileops import Allowed, DirOps, _as_expected
 from twinlog.entry import encode_entry
 
 # for a writer on a whose log holds a:1 (and the peer's log too), appending a:2: none of
@@ -113,7 +113,7 @@ def test_our_entries_delivered_by_another_process_are_expected(pair: Pair) -> No
     # of them in our log too: still one round trip, and our view of b's log catches up.
     assert trips(a) == (done[0] + 1, done[1])
     assert log_ids(pair.log_dir("b")) == acked
-    assert a._peer.state.hwm == {"a": 6, "b": 1}  # type: ignore[union-attr]
+    assert a._sides.peer.state.hwm == {"a": 6, "b": 1}  # type: ignore[union-attr]
     assert_converged(pair, acked)
 
 
@@ -145,7 +145,7 @@ def test_a_hung_peer_in_the_one_trip_write_times_out_and_caches(pair: Pair) -> N
     a = pair.twin("a", probe_timeout=0.5, io_timeout=1.0)
     acked = [a.write("one").id, a.write("two").id]
     assert trips(a) == (1, 0)
-    pid = a._remote._proc.pid  # type: ignore[union-attr]
+    pid = a._sides.reach.remote._proc.pid  # type: ignore[union-attr]
     os.kill(pid, signal.SIGSTOP)  # like a call stuck on a dead NFS server
     try:
         started = time.monotonic()
@@ -232,20 +232,20 @@ def test_append_if_settled_looks_when_there_is_a_cache_or_another_file(
 def test_as_expected() -> None:
     own, others = b'{"id":"a:', b'{"id":"b:'
     a3, a4, b1, b5 = _line("a", 3), _line("a", 4), _line("b", 1), _line("b", 5)
-    assert _as_expected(b"", own, 3, 2, others, 0)
-    assert _as_expected(b1 + b5, own, 3, 2, others, 5)
-    assert _as_expected(a3 + b1 + a4, own, 3, 4, others, 1)
-    assert not _as_expected(b"", own, 3, 3, others, 0)  # a:3 is not there
-    assert not _as_expected(a3, own, 3, 4, others, 0)  # a:4 is not there
-    assert not _as_expected(a4, own, 3, 4, others, 0)  # a:3 skipped
-    assert not _as_expected(a4 + a3, own, 3, 4, others, 0)  # out of order
-    assert not _as_expected(a3 + a3, own, 3, 4, others, 0)
-    assert not _as_expected(_line("b", 6), own, 3, 2, others, 5)
-    assert not _as_expected(b1[:-1], own, 3, 2, others, 5)
-    assert not _as_expected(_line("bb", 1), own, 3, 2, others, 5)
-    assert not _as_expected(_line("c", 1), own, 3, 2, others, 5)
-    assert not _as_expected(b'{"id":"b:x1"}\n', own, 3, 2, others, 5)
-    assert not _as_expected(b'{"id":"b:1\n', own, 3, 2, others, 5)
+    assert _as_expected(b"", Allowed(own, 3, 2, others, 0))
+    assert _as_expected(b1 + b5, Allowed(own, 3, 2, others, 5))
+    assert _as_expected(a3 + b1 + a4, Allowed(own, 3, 4, others, 1))
+    assert not _as_expected(b"", Allowed(own, 3, 3, others, 0))  # a:3 is not there
+    assert not _as_expected(a3, Allowed(own, 3, 4, others, 0))  # a:4 is not there
+    assert not _as_expected(a4, Allowed(own, 3, 4, others, 0))  # a:3 skipped
+    assert not _as_expected(a4 + a3, Allowed(own, 3, 4, others, 0))  # out of order
+    assert not _as_expected(a3 + a3, Allowed(own, 3, 4, others, 0))
+    assert not _as_expected(_line("b", 6), Allowed(own, 3, 2, others, 5))
+    assert not _as_expected(b1[:-1], Allowed(own, 3, 2, others, 5))
+    assert not _as_expected(_line("bb", 1), Allowed(own, 3, 2, others, 5))
+    assert not _as_expected(_line("c", 1), Allowed(own, 3, 2, others, 5))
+    assert not _as_expected(b'{"id":"b:x1"}\n', Allowed(own, 3, 2, others, 5))
+    assert not _as_expected(b'{"id":"b:1\n', Allowed(own, 3, 2, others, 5))
 
 
 def test_a_group_commit_leader_looks_first_and_takes_followers_after(pair: Pair) -> None:

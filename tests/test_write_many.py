@@ -86,13 +86,13 @@ def test_stdin_lines_that_arrive_together_share_a_commit(pair: Pair, tmp_path: P
     lines = [f"line {i}" for i in range(300)]
     lines[150] = "x" * 70000  # over max_message_bytes
     script = (
-        "import sys, twinlog._api as api\n"
+        "import sys, twinlog._election as election\n"
         "commits = []\n"
-        "real = api.TwinLog._commit_group\n"
+        "real = election.Election.commit\n"
         "def counted(self, batch):\n"
         "    commits.append(len(batch))\n"
         "    return real(self, batch)\n"
-        "api.TwinLog._commit_group = counted\n"
+        "election.Election.commit = counted\n"
         "from twinlog.cli import main\n"
         "code = main(sys.argv[1:])\n"
         "print('commits', len(commits), file=sys.stderr)\n"

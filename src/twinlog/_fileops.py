@@ -12,7 +12,7 @@ import contextlib
 import errno
 import os
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 from twinlog._locks import LOCK_FILE, OfdLock, PosixLock
 
@@ -40,6 +40,31 @@ _SETTLED = 256 * 1024  # at most this much new in the peer's log, for the one-ro
 #: What opening a file for writing fails with where we may only read: no write permission, or
 #: a read-only filesystem (a forensic copy, a mounted backup).
 READ_ONLY_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
+
+
+class Allowed(NamedTuple):
+    """What a one-round-trip append (:meth:`DirOps.append_if_settled`) lets others have added to
+    the log since the writer read it: ids starting ``own`` (``{"id":"<writer's node>:``) with
+    exactly seqs ``first`` to ``last`` in order (the writer's other processes delivered them),
+    ids starting ``others`` (the directory's node) with seqs of at most ``most`` (entries the
+    writer holds), and nothing else."""
+
+    own: bytes
+    first: int
+    last: int
+    others: bytes
+    most: int
+
+
+class Look(NamedTuple):
+    """What the peer's lock stage saw: its log's new bytes (``(size, ino, data)`` from our
+    read offset; None if not asked) and whether it has a cache."""
+
+    tail: tuple[int, int, bytes] | None
+    has_cache: bool
+
+
+NO_LOOK = Look(None, False)
 
 
 class IdentityError(Exception):
@@ -248,7 +273,7 @@ class DirOps:
         name: str,
         cache_name: str,
         known: tuple[int, int],
-        added: tuple[bytes, int, int, bytes, int],
+        allowed: Allowed,
         chunks: list[bytes],
         fsync: bool,
     ) -> tuple[bool, bytes, int] | tuple[bool, tuple[int, int, bytes] | None, bool]:
@@ -256,12 +281,8 @@ class DirOps:
         first, else look and keep the lock (the write path's one round trip to the peer).
 
         Nothing has to be drained when there is no ``cache_name``, ``name`` is still the file
-        ``known = (offset, inode)`` was read from, and what was added after ``offset`` is as
-        ``added = (own, first, last, others, most)`` allows: whole entry lines, those whose id
-        starts with ``own`` (``{"id":"<writer's node>:``) exactly seqs ``first`` to ``last`` in
-        order (delivered by the writer's other processes: so the log has every one before the
-        writer's new ones), any other whose id starts with ``others`` (the directory's node) with
-        a seq of at most ``most`` (entries the writer holds), and no other line.
+        ``known = (offset, inode)`` was read from, and what was added after ``offset`` is whole
+        entry lines that ``allowed`` allows.
 
         Returns ``(True, the bytes after offset, new size)`` when appended (and unlocked), or
         ``(False, tail(name, offset, ...), cache exists)`` with the lock still held.
@@ -277,7 +298,7 @@ class DirOps:
         try:
             if not has_cache and now_ino == ino and offset <= start <= offset + _SETTLED:
                 new = _pread_all(fd, offset, start - offset)  # no system call when nothing new
-                if len(new) == start - offset and _as_expected(new, *added):
+                if len(new) == start - offset and _as_expected(new, allowed):
                     size = _write_chunks(fd, start, chunks, fsync)
             if size < 0 and new is None:
                 # What tail(name, offset, ...) would answer, from the descriptor just opened.
@@ -555,12 +576,10 @@ def _write_all(fd: int, data: bytes | memoryview) -> None:
         view = view[written:]
 
 
-def _as_expected(  # noqa: PLR0917 - the fields of append_if_settled's ``added``
-    data: bytes, own: bytes, first: int, last: int, others: bytes, most: int
-) -> bool:
-    """Whether ``data`` is whole lines: ids starting ``own`` with exactly seqs ``first`` to
-    ``last`` in order, and ids starting ``others`` with seqs of at most ``most``, and nothing
-    else (both prefixes are ``{"id":"<node>:``, how every entry line starts)."""
+def _as_expected(data: bytes, allowed: Allowed) -> bool:
+    """Whether ``data`` is whole lines that ``allowed`` allows (both prefixes are
+    ``{"id":"<node>:``, how every entry line starts)."""
+    own, first, last, others, most = allowed
     if data and not data.endswith(b"\n"):
         return False
     expect = first

@@ -3,100 +3,94 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from twinlog._fileops import CACHE_FILE, CHUNK, LOG_FILE
+from twinlog._fileops import CACHE_FILE, CHUNK, LOG_FILE, NO_LOOK, Allowed, Look
 from twinlog._worker import RemoteDir
+
+if TYPE_CHECKING:
+    from twinlog._reach import Deadlines
 
 __all__ = ["RemoteOps"]
 
 
 class RemoteOps:
-    """:class:`twinlog._store.Ops` for the peer directory: each call bounded by ``io_timeout``.
+    """:class:`twinlog._store.PeerOps` for the peer directory, through the killable worker.
 
-    Any failure raises :class:`~twinlog.exceptions.PeerError`; a call that does not answer in
-    time has its worker killed first.
+    Each call answers within one of the :class:`~twinlog._reach.Deadlines` (``io`` unless it
+    says otherwise); any failure raises :class:`~twinlog.exceptions.PeerError`, and a call that
+    does not answer in time has its worker killed first.
     """
 
-    def __init__(self, remote: RemoteDir, io_timeout: float, lock_patience: float) -> None:
+    def __init__(self, remote: RemoteDir, deadlines: Deadlines) -> None:
         self.remote = remote
-        self.io_timeout = io_timeout
-        self.lock_patience = lock_patience
+        self.deadlines = deadlines
 
     def _call(self, op: str, *args: Any) -> Any:
-        return self.remote.call(op, *args, timeout=self.io_timeout)
+        return self.remote.call(op, *args, timeout=self.deadlines.io)
 
-    def check_identity(
-        self, expected_node: str, not_dev_ino: tuple[int, int], probe_timeout: float
-    ) -> None:
+    def check_identity(self, expected_node: str, not_dev_ino: tuple[int, int]) -> None:
         """Check, without locking, that the directory is the peer's (its identity marker, and
-        not ourselves); the answer must come within ``probe_timeout``."""
-        self.remote.call("check_dir", expected_node, not_dev_ino, timeout=probe_timeout)
+        not ourselves), within the ``probe`` deadline."""
+        self.remote.call("check_dir", expected_node, not_dev_ino, timeout=self.deadlines.probe)
 
-    def connect(
-        self, expected_node: str, not_dev_ino: tuple[int, int], probe_timeout: float
-    ) -> None:
-        """Check the directory is the peer's (identity marker, not ourselves) and take its lock.
-
-        The identity check must answer within ``probe_timeout``; the lock within ``io_timeout``.
-        """
-        self.connect_and_look(expected_node, not_dev_ino, probe_timeout, None)
+    def connect(self, expected_node: str, not_dev_ino: tuple[int, int]) -> None:
+        """Check the directory is the peer's (identity marker, not ourselves) and take its lock."""
+        self.connect_and_look(expected_node, not_dev_ino, None)
 
     def connect_and_look(
         self,
         expected_node: str,
         not_dev_ino: tuple[int, int],
-        probe_timeout: float,
         log_offset: int | None,
         *,
         check_identity: bool = True,
-    ) -> tuple[tuple[int, int, bytes] | None, bool]:
+    ) -> Look:
         """:meth:`connect`, then the log's new bytes from ``log_offset`` and whether the peer has
         a cache (skipped when ``log_offset`` is None), all in one round trip.
 
-        Deadlines: the identity check answers within ``probe_timeout``; then, while the lock is
-        busy, every attempt of the worker must answer within ``io_timeout`` (a dead server stops
-        answering, a busy one does not), for at most ``lock_patience`` seconds in all.
-        Without ``check_identity`` (the caller knows this worker already checked this very
-        directory) the lock stage is the first contact and answers within ``probe_timeout``.
+        Deadlines: the identity check answers within ``probe``; then, while the lock is busy,
+        every attempt of the worker must answer within ``io`` (a dead server stops answering, a
+        busy one does not), for at most ``lock_patience`` in all. Without ``check_identity``
+        (this worker already checked this very directory) the lock stage is the first contact
+        and answers within ``probe``.
         """
+        deadlines = self.deadlines
         locked: list[tuple[str, tuple[Any, ...]]] = [("lock", (None,))]
         if log_offset is not None:
             locked += [("tail", (LOG_FILE, log_offset, CHUNK)), ("stat", (CACHE_FILE,))]
         stages: list[tuple[list[tuple[str, tuple[Any, ...]]], float]] = [
-            (locked, self.io_timeout if check_identity else probe_timeout)
+            (locked, deadlines.io if check_identity else deadlines.probe)
         ]
         if check_identity:
-            stages.insert(0, ([("check_dir", (expected_node, not_dev_ino))], probe_timeout))
-        results = self.remote.stages(stages, patience=self.lock_patience)[-1]
+            stages.insert(0, ([("check_dir", (expected_node, not_dev_ino))], deadlines.probe))
+        results = self.remote.stages(stages, patience=deadlines.lock_patience)[-1]
         if log_offset is None:
-            return None, False
-        return results[1], results[2] is not None
+            return NO_LOOK
+        return Look(results[1], results[2] is not None)
 
     def append_if_settled(
-        self,
-        known: tuple[int, int],
-        added: tuple[bytes, int, int, bytes, int],
-        chunks: list[bytes],
-        fsync: bool,
-        timeout: float,
+        self, known: tuple[int, int], allowed: Allowed, chunks: list[bytes], fsync: bool
     ) -> tuple[bool, Any, Any]:
         """Lock, then :meth:`~twinlog._fileops.DirOps.append_if_settled` on the log, in one
         round trip: ``(True, new bytes, size)`` appended and unlocked, or ``(False, tail,
-        has_cache)`` locked. The answer must come within ``timeout``; while the lock is busy,
-        as :meth:`connect_and_look`."""
+        has_cache)`` locked. The answer must come within ``probe`` (it is the first contact),
+        fsync included; while the lock is busy, as :meth:`connect_and_look`."""
         stage = [
             ("lock", (None,)),
-            ("append_if_settled", (LOG_FILE, CACHE_FILE, known, added, chunks, fsync)),
+            ("append_if_settled", (LOG_FILE, CACHE_FILE, known, allowed, chunks, fsync)),
         ]
-        results = self.remote.stages([(stage, timeout)], patience=self.lock_patience)[0]
+        deadlines = self.deadlines
+        results = self.remote.stages([(stage, deadlines.probe)], patience=deadlines.lock_patience)[
+            0
+        ]
         done, first, second = results[1]
         return bool(done), first, second
 
     def append_and_release(self, name: str, chunks: list[bytes], fsync: bool) -> int:
         """Append, then unlock, in one round trip (the write path's last peer call)."""
         size, _ = self.remote.batch(
-            [("append", (name, chunks, fsync)), ("unlock", ())], timeout=self.io_timeout
+            [("append", (name, chunks, fsync)), ("unlock", ())], timeout=self.deadlines.io
         )
         return int(size)
 
@@ -127,7 +121,7 @@ class RemoteOps:
         """Start :meth:`~twinlog._fileops.DirOps.append_from` in the worker; the returned
         function waits for it and returns the new size, or -1 (nothing appended)."""
         receive = self.remote.submit(
-            [([("append_from", (name, src_path, offset, length, fsync))], self.io_timeout)]
+            [([("append_from", (name, src_path, offset, length, fsync))], self.deadlines.io)]
         )
         return lambda: int(receive()[0][0])
 

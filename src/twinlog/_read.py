@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
 import heapq
 import os
 from collections.abc import Callable, Iterator
@@ -43,10 +44,50 @@ class PinnedFiles:
         fd = self._fds.get(name)
         return b"" if fd is None else os.pread(fd, length, offset)
 
+    # The rest of :class:`twinlog._store.Ops`: a reader has nothing else to do with the files.
+    def stat(self, name: str) -> tuple[int, int] | None:
+        fd = self._fds.get(name)
+        if fd is None:
+            return None
+        st = os.fstat(fd)
+        return st.st_size, st.st_ino
+
+    def tail(self, name: str, offset: int, limit: int) -> tuple[int, int, bytes] | None:
+        st = self.stat(name)
+        return None if st is None else (st[0], st[1], self.read(name, offset, limit))
+
+    def listdir(self) -> list[str]:
+        return list(self._fds)
+
+    def append(self, name: str, chunks: list[bytes], fsync: bool) -> int:
+        raise _read_only(name)
+
+    def repair_tail(self, name: str) -> int:
+        raise _read_only(name)
+
+    def fsync_file(self, name: str) -> None:
+        raise _read_only(name)
+
+    def unlink(self, name: str) -> bool:
+        raise _read_only(name)
+
+    def replace(self, name: str, data: bytes, fsync: bool) -> None:
+        raise _read_only(name)
+
+    def rename(self, src: str, dst: str) -> None:
+        raise _read_only(src)
+
+    def fsync_dir(self) -> None:
+        raise _read_only(".")
+
     def close(self) -> None:
         for fd in self._fds.values():
             os.close(fd)
         self._fds.clear()
+
+
+def _read_only(name: str) -> OSError:
+    return OSError(errno.EROFS, "a pinned snapshot is read-only", name)
 
 
 def pinned_snapshot(
@@ -321,6 +362,23 @@ class VerifyResult:
 _WHAT_WAS_ASKED = frozenset({"in_sync", "node", "peer", "peer_reachable", "reason", "note"})
 
 
+def _ascending(
+    seqs: Iterator[tuple[int, int]], origin: str, result: VerifyResult, side: str
+) -> Iterator[tuple[int, int]]:
+    """``seqs`` without second copies of an id (in a valid log seqs only go up), which are
+    recorded as ``result.duplicates_<side>``; every line counts in ``<side>_entries``."""
+    dups: list[str] = getattr(result, f"duplicates_{side}")
+    counter = f"{side}_entries"
+    last = 0
+    for seq, digest in seqs:
+        setattr(result, counter, getattr(result, counter) + 1)
+        if seq <= last:
+            dups.append(f"{origin}:{seq}")
+            continue
+        last = seq
+        yield seq, digest
+
+
 def compare(
     local: Iterator[tuple[int, int]],
     peer: Iterator[tuple[int, int]],
@@ -339,21 +397,8 @@ def compare(
     """
     sentinel = 1 << 62
     end = (sentinel, 0)
-
-    def ascending(
-        seqs: Iterator[tuple[int, int]], dups: list[str], counter: str
-    ) -> Iterator[tuple[int, int]]:
-        last = 0
-        for seq, digest in seqs:
-            setattr(result, counter, getattr(result, counter) + 1)
-            if seq <= last:  # a second copy of an id (in a valid log seqs only go up)
-                dups.append(f"{origin}:{seq}")
-                continue
-            last = seq
-            yield seq, digest
-
-    a = ascending(local, result.duplicates_local, "local_entries")
-    b = ascending(peer, result.duplicates_peer, "peer_entries")
+    a = _ascending(local, origin, result, "local")
+    b = _ascending(peer, origin, result, "peer")
     (x, x_digest), (y, y_digest) = next(a, end), next(b, end)
     local_floor = x if x != sentinel else local_mark + 1
     peer_floor = y if y != sentinel else peer_mark + 1

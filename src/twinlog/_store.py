@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from twinlog import _failpoints
-from twinlog._fileops import CACHE_FILE, CHUNK, LOG_FILE
+from twinlog._fileops import CACHE_FILE, CHUNK, LOG_FILE, Allowed, Look
 from twinlog._seek import SegmentIndex, build_index
 from twinlog.entry import block_marks, parse_key
 
@@ -27,9 +27,13 @@ __all__ = [
     "INDEX_FILE",
     "SEGMENTS_FILE",
     "SEGMENT_RE",
+    "LocalOps",
+    "LocalStore",
     "LogState",
     "LogStore",
     "Ops",
+    "PeerOps",
+    "PeerStore",
     "segment_name",
 ]
 
@@ -60,6 +64,27 @@ class Ops(Protocol):
     def rename(self, src: str, dst: str) -> None: ...
     def listdir(self) -> list[str]: ...
     def fsync_dir(self) -> None: ...
+
+
+class LocalOps(Ops, Protocol):
+    """Our own directory's operations (:class:`twinlog._fileops.DirOps`): its files have paths
+    here, which the peer's worker can read directly."""
+
+    def local_path(self, name: str) -> str: ...
+    def count_lines(self, name: str, start: int, end: int) -> int: ...
+
+
+class PeerOps(Ops, Protocol):
+    """The peer directory's operations (:class:`twinlog._peer.RemoteOps`): each a round trip
+    to the worker, so some are combined into one."""
+
+    def append_and_release(self, name: str, chunks: list[bytes], fsync: bool) -> int: ...
+    def append_if_settled(
+        self, known: tuple[int, int], allowed: Allowed, chunks: list[bytes], fsync: bool
+    ) -> tuple[bool, Any, Any]: ...
+    def append_from_later(
+        self, name: str, src_path: str, offset: int, length: int, fsync: bool
+    ) -> Callable[[], int]: ...
 
 
 @dataclass
@@ -114,19 +139,14 @@ class LogStore:
         """Where the next :meth:`refresh` reads from (for a prefetched ``tail``)."""
         return self.state.offset if self.state else 0
 
-    def refresh(
-        self, *, repair: bool, prefetched: tuple[int, int, bytes] | bool | None = False
-    ) -> LogState:
+    def refresh(self, *, repair: bool) -> LogState:
         """Bring :attr:`state` up to date with the file; cut a torn tail when ``repair``.
+        Only call with ``repair=True`` while holding the directory's lock."""
+        return self.refresh_with(self.ops.tail(LOG_FILE, self.read_offset, CHUNK), repair=repair)
 
-        ``prefetched`` is the result of ``ops.tail(LOG_FILE, read_offset, CHUNK)`` fetched
-        together with the lock (one round trip to the peer instead of two). Only call with
-        ``repair=True`` while holding the directory's lock.
-        """
-        if prefetched is False:
-            first = self.ops.tail(LOG_FILE, self.read_offset, CHUNK)
-        else:
-            first = prefetched  # type: ignore[assignment]
+    def refresh_with(self, first: tuple[int, int, bytes] | None, *, repair: bool) -> LogState:
+        """:meth:`refresh` from ``first``, what ``ops.tail(LOG_FILE, read_offset, CHUNK)``
+        answered (fetched together with the peer's lock: one round trip instead of two)."""
         state = self.state
         if state is None or first is None or first[1] != state.ino or first[0] < state.offset:
             state = self._load(first)
@@ -407,27 +427,24 @@ class LogStore:
         lines: list[bytes],
         *,
         one_write_per_line: bool,
-        release: bool = False,
         durable: bool = True,
         mark: tuple[str, int, str] | None = None,
     ) -> None:
         """Append complete lines to the active log (fsync per config) and account for them.
 
-        ``release``: the same round trip also unlocks the directory (peer stores only).
         ``durable=False`` leaves the fsync to a later :meth:`sync` (a drain's many chunks).
         ``mark``: ``(origin, seq, ts)`` of the last line, when every line is that origin's and
         in order (the caller just made them): accounted without parsing them back.
         """
         if not lines:
             return
+        chunks = lines if one_write_per_line else _pack(lines)
+        size = self.ops.append(LOG_FILE, chunks, self.fsync and durable)
+        self._appended(size, lines, mark)
+
+    def _appended(self, size: int, lines: list[bytes], mark: tuple[str, int, str] | None) -> None:
         state = self.state
         assert state is not None, "refresh() first"
-        chunks = lines if one_write_per_line else _pack(lines)
-        fsync = self.fsync and durable
-        if release:
-            size = self.ops.append_and_release(LOG_FILE, chunks, fsync)  # type: ignore[attr-defined]
-        else:
-            size = self.ops.append(LOG_FILE, chunks, fsync)
         if state.ino is None:
             st = self.ops.stat(LOG_FILE)
             state.ino = st[1] if st else None
@@ -437,31 +454,6 @@ class LogStore:
         state.absorb(b"".join(lines))
         state.tail = (state.tail + b"".join(lines[-2:]))[-_TAIL_BYTES:]
         state.offset = size
-
-    def append_if_settled(
-        self,
-        lines: list[bytes],
-        mark: tuple[str, int, str],
-        added: tuple[bytes, int, int, bytes, int],
-        timeout: float,
-    ) -> tuple[tuple[int, int, bytes] | None, bool] | None:
-        """Peer stores: lock, and append our ``lines`` (``mark`` as in :meth:`append_lines`)
-        and unlock if nothing but what ``added`` allows was added since :attr:`state` was read
-        and there is no cache (see ``DirOps.append_if_settled``): None, and the new bytes and
-        ours are accounted. Otherwise the directory stays locked, and this returns the log's
-        tail from :attr:`read_offset` and whether there is a cache, for :meth:`refresh`."""
-        state = self.state
-        assert state is not None
-        assert state.ino is not None
-        done, first, second = self.ops.append_if_settled(  # type: ignore[attr-defined]
-            (state.offset, state.ino), added, lines, self.fsync, timeout
-        )
-        if not done:
-            return first, bool(second)
-        if first:
-            self._consume(state, first, state.offset + len(first))
-        self._account_run(int(second), *mark, b"".join(lines[-2:]))
-        return None
 
     def append_run(self, block: bytes, origin: str, last_seq: int, last_ts: str) -> None:
         """Append a block of complete lines known to be ``origin``'s entries up to
@@ -560,39 +552,6 @@ class LogStore:
             return None
         return CacheRun(pos, tail_start + end, first, last, tail[max(0, end - _TAIL_BYTES) : end])
 
-    def cache_run_is_whole(self, run: CacheRun) -> bool:
-        """Whether ``run`` holds exactly one line per seq from its first to its last (a crash
-        between a log append and the cache append leaves the cache a line short)."""
-        count_lines = getattr(self.ops, "count_lines", None)
-        if count_lines is None:
-            return False
-        lines: int = count_lines(CACHE_FILE, run.start, run.end)
-        return lines == run.last[1] - run.first[1] + 1
-
-    def append_run_later(self, source: str, run: CacheRun) -> Callable[[], bool] | None:
-        """Have the peer's worker append ``run`` of the local file ``source`` (checked whole by
-        :meth:`cache_run_is_whole`). Returns the function that waits for it and accounts for
-        it (False: nothing appended), or None if this store cannot (it is not the peer's)."""
-        start = getattr(self.ops, "append_from_later", None)
-        if start is None:
-            return None
-        finish = start(LOG_FILE, source, run.start, run.end - run.start, False)
-
-        def done() -> bool:
-            size = finish()
-            if size < 0:
-                return False
-            self._account_run(size, run.last[0], run.last[1], run.last[2], run.tail)
-            return True
-
-        return done
-
-    def local_path(self, name: str) -> str | None:
-        """The path of ``name`` if this store's directory is local (the peer's worker can then
-        read it directly); None for the peer's directory."""
-        path = getattr(self.ops, "local_path", None)
-        return path(name) if path is not None else None
-
     def iter_blocks(self, name: str, offset: int, end: int | None) -> Iterator[bytes]:
         """Complete lines of ``name`` from ``offset`` to ``end`` (None: the end), a block of
         whole lines per read; a last line without its newline (torn, or being written) is never
@@ -677,6 +636,83 @@ class LogStore:
                     return line_start + len(line)
             pos = start
         return None
+
+
+class LocalStore(LogStore):
+    """Our own directory: its files can be read by path (the fast drain hands the peer's
+    worker the cache file's path)."""
+
+    ops: LocalOps
+
+    def __init__(self, ops: LocalOps, node: str, *, fsync: bool) -> None:
+        super().__init__(ops, node, fsync=fsync)
+        self.ops = ops
+
+    def local_path(self, name: str) -> str:
+        """The path of ``name`` here (the peer's worker can read it directly)."""
+        return self.ops.local_path(name)
+
+    def cache_run_is_whole(self, run: CacheRun) -> bool:
+        """Whether ``run`` holds exactly one line per seq from its first to its last (a crash
+        between a log append and the cache append leaves the cache a line short)."""
+        lines = self.ops.count_lines(CACHE_FILE, run.start, run.end)
+        return lines == run.last[1] - run.first[1] + 1
+
+
+class PeerStore(LogStore):
+    """The peer's directory, reached through the worker: its appends can be combined with the
+    lock or the unlock into one round trip."""
+
+    ops: PeerOps
+
+    def __init__(self, ops: PeerOps, node: str, *, fsync: bool) -> None:
+        super().__init__(ops, node, fsync=fsync)
+        self.ops = ops
+
+    def append_and_release(self, lines: list[bytes], mark: tuple[str, int, str]) -> None:
+        """:meth:`append_lines` (one write per line, durable) and unlock the directory, in
+        one round trip (the write path's last peer call)."""
+        size = self.ops.append_and_release(LOG_FILE, lines, self.fsync)
+        self._appended(size, lines, mark)
+
+    def append_if_settled(
+        self,
+        lines: list[bytes],
+        mark: tuple[str, int, str],
+        allowed: Allowed,
+    ) -> Look | None:
+        """Peer stores: lock, and append our ``lines`` (``mark`` as in :meth:`append_lines`)
+        and unlock if nothing but what ``allowed`` allows was added since :attr:`state` was read
+        and there is no cache (see ``DirOps.append_if_settled``): None, and the new bytes and
+        ours are accounted. Otherwise the directory stays locked, and this returns the log's
+        tail from :attr:`read_offset` and whether there is a cache, for :meth:`refresh`."""
+        state = self.state
+        assert state is not None
+        assert state.ino is not None
+        done, first, second = self.ops.append_if_settled(
+            (state.offset, state.ino), allowed, lines, self.fsync
+        )
+        if not done:
+            return Look(first, bool(second))
+        if first:
+            self._consume(state, first, state.offset + len(first))
+        self._account_run(int(second), *mark, b"".join(lines[-2:]))
+        return None
+
+    def append_run_later(self, source: str, run: CacheRun) -> Callable[[], bool]:
+        """Have the peer's worker append ``run`` of the local file ``source`` (checked whole by
+        :meth:`cache_run_is_whole`). Returns the function that waits for it and accounts for
+        it (False: nothing appended)."""
+        finish = self.ops.append_from_later(LOG_FILE, source, run.start, run.end - run.start, False)
+
+        def done() -> bool:
+            size = finish()
+            if size < 0:
+                return False
+            self._account_run(size, run.last[0], run.last[1], run.last[2], run.tail)
+            return True
+
+        return done
 
 
 def _pack(lines: list[bytes]) -> list[bytes]:

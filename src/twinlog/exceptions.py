@@ -22,6 +22,9 @@ keeps working::
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 __all__ = [
     "ConfigError",
     "InvalidEntryError",
@@ -87,3 +90,16 @@ class PeerError(TwinlogError, OSError):
         super().__init__(f"peer {reason}" + (f": {detail}" if detail else ""))
         self.reason = reason
         self.detail = detail
+
+
+@contextlib.contextmanager
+def on_local_disk(what: str) -> Iterator[None]:
+    """A step on our own directory: an ``OSError`` becomes a :class:`StorageError` saying
+    ``what`` could not be done and why. Errors twinlog raised on purpose (the peer's
+    :class:`PeerError`, a :class:`LockTimeoutError`) pass through unchanged."""
+    try:
+        yield
+    except TwinlogError:
+        raise
+    except OSError as exc:
+        raise StorageError(exc.errno, f"cannot {what}: {exc.strerror or exc}") from exc
