@@ -191,10 +191,7 @@ def prometheus_text(info: dict[str, Any], version: str) -> str:
     """
     out: list[str] = []
     here = {"node": info["node"]}
-
-    def metric(
-        name: str, kind: str, help_text: str, samples: list[tuple[dict[str, Any], Any]]
-    ) -> None:
+    for name, kind, help_text, samples in [*_health(info, version), *_delivery(info)]:
         out.append(f"# HELP {name} {help_text}")
         out.append(f"# TYPE {name} {kind}")
         for labels, value in samples:
@@ -203,69 +200,84 @@ def prometheus_text(info: dict[str, Any], version: str) -> str:
             rendered = ",".join(f"{k}={_label(v)}" for k, v in {**here, **labels}.items())
             number = f"{value:.6f}".rstrip("0").rstrip(".") if isinstance(value, float) else value
             out.append(f"{name}{{{rendered}}} {number}")
-
-    cache = info["cache_entries"]
-    metric(
-        "twinlog_build_info",
-        "gauge",
-        "twinlog's version and the Python running it; always 1.",
-        [({"version": version, "python": platform.python_version()}, 1)],
-    )
-    metric(
-        "twinlog_peer_reachable",
-        "gauge",
-        "Whether this node reached its peer's log directory (1) or not (0).",
-        [({"peer": info["peer"]}, int(info["peer_reachable"]))],
-    )
-    metric(
-        "twinlog_in_sync",
-        "gauge",
-        "Whether both logs hold the same entries and no cache holds any (1) or not (0).",
-        [({}, int(info["in_sync"]))],
-    )
-    metric(
-        "twinlog_cache_entries",
-        "gauge",
-        "Entries waiting in a cache: side=local for the peer, side=peer for this node.",
-        [({"side": side}, cache[side]) for side in ("local", "peer")],
-    )
-    metric(
-        "twinlog_entries_total",
-        "counter",
-        "Entries of each origin node in this node's log (the origin's highest sequence number).",
-        [({"origin": origin}, seq) for origin, seq in info["last_seq"].items()],
-    )
-    metric(
-        "twinlog_pending_entries",
-        "gauge",
-        "Entries present on one node's log and not yet on the other's.",
-        [({"direction": d}, info[f"pending_{d}"]) for d in ("to_peer", "from_peer")],
-    )
-    metric(
-        "twinlog_oldest_undelivered_age_seconds",
-        "gauge",
-        "Age of the oldest entry not yet delivered that way (0: nothing waits).",
-        [({"direction": d}, _known_age(info, d)) for d in ("to_peer", "from_peer")],
-    )
-    metric(
-        "twinlog_last_sync_timestamp_seconds",
-        "gauge",
-        "When both logs were last known to hold every entry (Unix time).",
-        [({}, _last_sync_seconds(info))],
-    )
-    metric(
-        "twinlog_history_conflicts",
-        "gauge",
-        "Origins whose entries differ between the two logs under the same ids (twinlog repair).",
-        [({}, len(info.get("conflicts", [])))],
-    )
-    metric(
-        "twinlog_stuck_workers",
-        "gauge",
-        "Peer worker processes stuck in the kernel (a hung mount).",
-        [({}, len(info["stuck_workers"]))],
-    )
     return "\n".join(out) + "\n"
+
+
+#: name, type, help, and (labels, value) samples
+_Metric = tuple[str, str, str, list[tuple[dict[str, Any], Any]]]
+
+
+def _health(info: dict[str, Any], version: str) -> list[_Metric]:
+    cache = info["cache_entries"]
+    return [
+        (
+            "twinlog_build_info",
+            "gauge",
+            "twinlog's version and the Python running it; always 1.",
+            [({"version": version, "python": platform.python_version()}, 1)],
+        ),
+        (
+            "twinlog_peer_reachable",
+            "gauge",
+            "Whether this node reached its peer's log directory (1) or not (0).",
+            [({"peer": info["peer"]}, int(info["peer_reachable"]))],
+        ),
+        (
+            "twinlog_in_sync",
+            "gauge",
+            "Whether both logs hold the same entries and no cache holds any (1) or not (0).",
+            [({}, int(info["in_sync"]))],
+        ),
+        (
+            "twinlog_cache_entries",
+            "gauge",
+            "Entries waiting in a cache: side=local for the peer, side=peer for this node.",
+            [({"side": side}, cache[side]) for side in ("local", "peer")],
+        ),
+    ]
+
+
+def _delivery(info: dict[str, Any]) -> list[_Metric]:
+    return [
+        (
+            "twinlog_entries_total",
+            "counter",
+            "Entries of each origin node in this node's log "
+            "(the origin's highest sequence number).",
+            [({"origin": origin}, seq) for origin, seq in info["last_seq"].items()],
+        ),
+        (
+            "twinlog_pending_entries",
+            "gauge",
+            "Entries present on one node's log and not yet on the other's.",
+            [({"direction": d}, info[f"pending_{d}"]) for d in ("to_peer", "from_peer")],
+        ),
+        (
+            "twinlog_oldest_undelivered_age_seconds",
+            "gauge",
+            "Age of the oldest entry not yet delivered that way (0: nothing waits).",
+            [({"direction": d}, _known_age(info, d)) for d in ("to_peer", "from_peer")],
+        ),
+        (
+            "twinlog_last_sync_timestamp_seconds",
+            "gauge",
+            "When both logs were last known to hold every entry (Unix time).",
+            [({}, _last_sync_seconds(info))],
+        ),
+        (
+            "twinlog_history_conflicts",
+            "gauge",
+            "Origins whose entries differ between the two logs under the same ids "
+            "(twinlog repair).",
+            [({}, len(info.get("conflicts", [])))],
+        ),
+        (
+            "twinlog_stuck_workers",
+            "gauge",
+            "Peer worker processes stuck in the kernel (a hung mount).",
+            [({}, len(info["stuck_workers"]))],
+        ),
+    ]
 
 
 def _known_age(info: dict[str, Any] | None, direction: str) -> float | None:

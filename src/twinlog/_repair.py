@@ -146,21 +146,7 @@ def rebuild(
     _append_all(ops, (kept[seq] for seq in sorted(kept)), local.fsync)
     next_seq = max(peer_mark, state.hwm.get(origin, 0)) + 1
     floor = max(state.max_ts, peer_state.max_ts) or None
-    stamps = clock.next_after(floor, len(replaced))
-    relogged: list[tuple[str, str]] = []
-    new_lines: list[bytes] = []
-    for (seq, line), ts in zip(sorted(replaced.items()), stamps, strict=True):
-        entry = decode_line(line)
-        if entry is None:  # not an entry after all: nothing to re-log
-            continue
-        fields = {k: v for k, v in entry.fields.items() if k != "replaces"}
-        fields_json = check_message(entry.msg, fields, _NO_LIMIT)
-        fields_json += (
-            (b"," if fields_json else b"") + b'"replaces":' + json.dumps(entry.id).encode()
-        )
-        new_lines.append(encode_entry(origin, next_seq, ts, entry.msg, fields_json))
-        relogged.append((f"{origin}:{seq}", f"{origin}:{next_seq}"))
-        next_seq += 1
+    new_lines, relogged = _relog(origin, replaced, next_seq, clock.next_after(floor, len(replaced)))
     _append_all(ops, iter(new_lines), local.fsync)
     archive = ARCHIVE_PREFIX + time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     plan = _Plan(origin, first_seq, archive, moves)
@@ -178,6 +164,28 @@ def rebuild(
         relogged=relogged,
         archive=archive,
     )
+
+
+def _relog(
+    origin: str, replaced: dict[int, bytes], next_seq: int, stamps: list[str]
+) -> tuple[list[bytes], list[tuple[str, str]]]:
+    """Our ``replaced`` entries (by seq) as new entries from ``next_seq`` on, each naming the
+    id it replaces; and the (old id, new id) pairs."""
+    relogged: list[tuple[str, str]] = []
+    new_lines: list[bytes] = []
+    for (seq, line), ts in zip(sorted(replaced.items()), stamps, strict=True):
+        entry = decode_line(line)
+        if entry is None:  # not an entry after all: nothing to re-log
+            continue
+        fields = {k: v for k, v in entry.fields.items() if k != "replaces"}
+        fields_json = check_message(entry.msg, fields, _NO_LIMIT)
+        fields_json += (
+            (b"," if fields_json else b"") + b'"replaces":' + json.dumps(entry.id).encode()
+        )
+        new_lines.append(encode_entry(origin, next_seq, ts, entry.msg, fields_json))
+        relogged.append((f"{origin}:{seq}", f"{origin}:{next_seq}"))
+        next_seq += 1
+    return new_lines, relogged
 
 
 def _append_all(ops: DirOps, lines: Iterator[bytes], fsync: bool) -> None:

@@ -350,6 +350,40 @@ def _read_blocking(fd: int, size: int) -> bytes | None:
     return b"".join(chunks)
 
 
+def _run_stage(
+    stage: list[tuple[str, tuple[Any, ...]]],
+    dirs: dict[str, DirOps],
+    locked: list[DirOps],
+    heartbeat: Callable[[], None],
+) -> tuple[str, Any]:
+    """One stage of a request: its calls in order, ``("ok", results)`` or the first error."""
+    results: list[Any] = []
+    op = "?"
+    try:
+        for op, args in stage:
+            path, rest = args[0], args[1:]
+            target = dirs.get(path)
+            if target is None:
+                target = dirs[path] = DirOps(path)
+            if op == "lock":
+                target.lock(rest[0], on_wait=heartbeat)
+                locked.append(target)
+                results.append(None)
+            else:
+                results.append(target.call(op, rest))
+                if op == "unlock" and target in locked:
+                    locked.remove(target)
+    except IdentityError as exc:
+        return ("err", ("identity", None, str(exc)))
+    except LockTimeoutError as exc:
+        return ("err", ("lock", None, f"{op}: {exc}"))
+    except OSError as exc:
+        return ("err", ("os", exc.errno, f"{op}: {exc.strerror or exc}"))
+    except Exception as exc:
+        return ("err", ("other", None, f"{op}: {type(exc).__name__}: {exc}"))
+    return ("ok", results)
+
+
 def serve(stdin_fd: int = 0, stdout_fd: int = 1) -> None:
     """The worker's loop: run batches of DirOps calls until the parent closes the pipe."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's business
@@ -375,31 +409,7 @@ def serve(stdin_fd: int = 0, stdout_fd: int = 1) -> None:
             return
         locked: list[DirOps] = []  # locks taken by this request
         for stage in pickle.loads(payload):
-            results: list[Any] = []
-            op = "?"
-            try:
-                for op, args in stage:
-                    path, rest = args[0], args[1:]
-                    target = dirs.get(path)
-                    if target is None:
-                        target = dirs[path] = DirOps(path)
-                    if op == "lock":
-                        target.lock(rest[0], on_wait=heartbeat)
-                        locked.append(target)
-                        results.append(None)
-                    else:
-                        results.append(target.call(op, rest))
-                        if op == "unlock" and target in locked:
-                            locked.remove(target)
-                reply: tuple[str, Any] = ("ok", results)
-            except IdentityError as exc:
-                reply = ("err", ("identity", None, str(exc)))
-            except LockTimeoutError as exc:
-                reply = ("err", ("lock", None, f"{op}: {exc}"))
-            except OSError as exc:
-                reply = ("err", ("os", exc.errno, f"{op}: {exc.strerror or exc}"))
-            except Exception as exc:
-                reply = ("err", ("other", None, f"{op}: {type(exc).__name__}: {exc}"))
+            reply = _run_stage(stage, dirs, locked, heartbeat)
             if reply[0] != "ok":
                 # The caller sees only the failure, so it will not unlock what this request
                 # locked: let go here, or the lock stays held (by us, on the peer) for good.
