@@ -11,11 +11,12 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from twinlog import Config, TwinLog
+from twinlog import TwinLog
+from twinlog.testing import TwoNodes
 
 __all__ = [
     "REPO_ROOT",
@@ -68,64 +69,19 @@ def _run(*cmd: str) -> None:
     subprocess.run(cmd, check=True, capture_output=True)
 
 
-def _is_mounted(path: Path) -> bool:
-    with open("/proc/self/mounts", encoding="utf-8") as f:
-        return any(line.split()[1] == os.fspath(path) for line in f)
+class BenchPair(TwoNodes):
+    """Nodes ``a`` and ``b`` under ``root``: ``<node>/peer`` is a bind mount of the other's log;
+    the defaults of :class:`twinlog.Config` unless the benchmark says otherwise."""
 
-
-@dataclass
-class BenchPair:
-    """Nodes ``a`` and ``b`` under ``root``: ``<node>/peer`` is a bind mount of the other's log."""
-
-    root: Path
-    overrides: dict[str, Any] = field(default_factory=dict)
-
-    def log_dir(self, node: str) -> Path:
-        return self.root / node / "log"
-
-    def peer_dir(self, node: str) -> Path:
-        return self.root / node / "peer"
-
-    @staticmethod
-    def other(node: str) -> str:
-        return "b" if node == "a" else "a"
-
-    def config(self, node: str, **overrides: Any) -> Config:
-        """The defaults of :class:`twinlog.Config` unless the benchmark says otherwise."""
-        return Config(
-            node=node,
-            peer=self.other(node),
-            log_dir=self.log_dir(node),
-            peer_dir=self.peer_dir(node),
-            **{**self.overrides, **overrides},
-        )
+    def __init__(self, root: Path, overrides: dict[str, Any]) -> None:
+        super().__init__(root, mounts=True, **overrides)
 
     def config_dict(self, node: str, **overrides: Any) -> dict[str, Any]:
         return self.config(node, **overrides).to_dict()
 
     def twin(self, node: str, **overrides: Any) -> TwinLog:
+        """An instance the benchmark closes itself."""
         return TwinLog(self.config(node, **overrides))
-
-    def connect(self, node: str) -> None:
-        if not _is_mounted(self.peer_dir(node)):
-            _run(
-                "mount",
-                "--bind",
-                os.fspath(self.log_dir(self.other(node))),
-                os.fspath(self.peer_dir(node)),
-            )
-
-    def cut(self, node: str) -> None:
-        while _is_mounted(self.peer_dir(node)):
-            _run("umount", "-l", os.fspath(self.peer_dir(node)))
-
-    def heal(self) -> None:
-        for node in NODES:
-            self.connect(node)
-
-    def unmount_all(self) -> None:
-        for node in NODES:
-            self.cut(node)
 
 
 @contextmanager
@@ -135,14 +91,11 @@ def bench_pair(base: Path, name: str, **overrides: Any) -> Iterator[BenchPair]:
     pair = BenchPair(root, dict(overrides))
     try:
         for node in NODES:
-            pair.log_dir(node).mkdir(parents=True)
-            pair.peer_dir(node).mkdir(parents=True)
-        for node in NODES:
             pair.twin(node).close()  # the identity markers, before mounting
-        pair.heal()
+        pair.connect()
         yield pair
     finally:
-        pair.unmount_all()
+        pair.close()
         shutil.rmtree(root, ignore_errors=True)
 
 

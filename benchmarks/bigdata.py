@@ -77,7 +77,7 @@ def run_drain(base: Path, entries: int) -> list[Row]:
         shutil.copyfile(log_dir / "twinlog.log", raw_source)
         with pair.twin("a") as log:  # a writer that had been running with the peer down
             assert not log.reconcile().peer_reachable
-        pair.heal()
+        pair.connect()
         raw_target = pair.peer_dir("a") / "bench-raw-drain.log"
         baseline = _cat_append(raw_source, raw_target)
         result = run_child("drain", {"config": pair.config_dict("a")})

@@ -15,8 +15,18 @@ def bind_mounts_work(tmp_path_factory: pytest.TempPathFactory) -> bool:
 
 
 @pytest.fixture
-def pair(tmp_path: Path, bind_mounts_work: bool) -> Iterator[Pair]:
-    """Two nodes a and b, cross bind-mounted and connected; always unmounted afterwards."""
+def pair(tmp_path: Path, bind_mounts_work: bool, request: pytest.FixtureRequest) -> Iterator[Pair]:
+    """Two nodes a and b, cross bind-mounted and connected; always unmounted afterwards.
+
+    Tests marked ``no_mounts`` (the commit's logic, not the mount checks) get the pair of
+    ``twinlog.testing`` instead: the same algorithm through the same worker, no root."""
+    if request.node.get_closest_marker("no_mounts"):
+        local = Pair(tmp_path, mounts=False)
+        try:
+            yield local
+        finally:
+            local.close()
+        return
     if not bind_mounts_work:
         pytest.skip("bind mounts need root (mount --bind); run the tests as root")
     p = Pair(tmp_path)

@@ -16,15 +16,15 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from twinlog import Config, TwinLog
+from twinlog import TwinLog
 from twinlog._commit import Commit
 from twinlog._group import Leadership
+from twinlog.testing import TwoNodes, mount_points
 
 
 def write_toml(path: Path, data: dict[str, Any]) -> Path:
@@ -49,8 +49,7 @@ def run(*cmd: str) -> None:
 
 
 def is_mounted(path: Path) -> bool:
-    with open("/proc/self/mounts", encoding="utf-8") as f:
-        return any(line.split()[1] == os.fspath(path) for line in f)
+    return os.fspath(path) in mount_points()
 
 
 def can_bind_mount(tmp: Path) -> bool:
@@ -65,80 +64,30 @@ def can_bind_mount(tmp: Path) -> bool:
     return True
 
 
-@dataclass
-class Pair:
-    """Two nodes ``a`` and ``b`` under ``root``; TwinLog instances made on demand."""
+class Pair(TwoNodes):
+    """Two nodes ``a`` and ``b`` under ``root``, each ``peer_dir`` a bind mount of the other's
+    ``log_dir`` (root only), or without ``mounts`` the other's ``log_dir`` itself behind a
+    switched link (``twinlog.testing``); TwinLog instances made on demand, with test timeouts.
+    """
 
-    root: Path
-    options: dict[str, Any] = field(default_factory=dict)
-    _open: list[TwinLog] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        for node in ("a", "b"):
-            self.log_dir(node).mkdir(parents=True, exist_ok=True)
-            self.peer_dir(node).mkdir(parents=True, exist_ok=True)
-
-    @staticmethod
-    def other(node: str) -> str:
-        return "b" if node == "a" else "a"
-
-    def log_dir(self, node: str) -> Path:
-        return self.root / node / "log"
-
-    def peer_dir(self, node: str) -> Path:
-        return self.root / node / "peer"
-
-    def config(self, node: str, **overrides: Any) -> Config:
-        opts = {"probe_timeout": 2.0, "io_timeout": 3.0, "lock_timeout": 10.0, **self.options}
-        opts.update(overrides)
-        return Config(
-            node=node,
-            peer=self.other(node),
-            log_dir=self.log_dir(node),
-            peer_dir=self.peer_dir(node),
-            **opts,
-        )
+    def __init__(
+        self, root: Path, options: dict[str, Any] | None = None, *, mounts: bool = True
+    ) -> None:
+        defaults = {"probe_timeout": 2.0, "io_timeout": 3.0, "lock_timeout": 10.0}
+        super().__init__(root, mounts=mounts, **{**defaults, **(options or {})})
 
     def config_dict(self, node: str) -> dict[str, Any]:
         return self.config(node).to_dict()
 
     def twin(self, node: str, **overrides: Any) -> TwinLog:
-        log = TwinLog(self.config(node, **overrides))
-        self._open.append(log)
-        return log
-
-    # -- the network -----------------------------------------------------------------------
-    def connect(self, node: str) -> None:
-        """Mount the other node's log_dir at ``node``'s peer_dir (``node`` reaches its peer)."""
-        if not is_mounted(self.peer_dir(node)):
-            self.log_dir(self.other(node)).mkdir(parents=True, exist_ok=True)
-            run(
-                "mount",
-                "--bind",
-                os.fspath(self.log_dir(self.other(node))),
-                os.fspath(self.peer_dir(node)),
-            )
-
-    def cut(self, node: str) -> None:
-        """``node`` can no longer reach its peer (lazy unmount: open files stay valid)."""
-        if is_mounted(self.peer_dir(node)):
-            run("umount", "-l", os.fspath(self.peer_dir(node)))
+        return self.open(node, **overrides)
 
     def heal(self) -> None:
-        self.connect("a")
-        self.connect("b")
+        """Both nodes reach their peers again (without delivering anything yet)."""
+        self.connect()
 
     def partition(self) -> None:
-        self.cut("a")
-        self.cut("b")
-
-    def close(self) -> None:
-        for log in self._open:
-            log.close()
-        self._open.clear()
-        for node in ("a", "b"):
-            while is_mounted(self.peer_dir(node)):
-                run("umount", "-l", os.fspath(self.peer_dir(node)))
+        self.cut()
 
 
 # -- invariants ---------------------------------------------------------------------------
@@ -158,7 +107,7 @@ def log_ids(log_dir: Path) -> list[str]:
     return ids
 
 
-def assert_converged(pair: Pair, acked: Iterable[str] = ()) -> None:
+def assert_converged(pair: TwoNodes, acked: Iterable[str] = ()) -> None:
     """Both logs hold the same entries once each (every acknowledged one among them), no torn
     lines, each node's entries in their order, and read() is identical on both nodes."""
     ids = {node: log_ids(pair.log_dir(node)) for node in ("a", "b")}
@@ -176,7 +125,7 @@ def assert_converged(pair: Pair, acked: Iterable[str] = ()) -> None:
     )
     missing = set(acked) - set(ids["a"])
     assert not missing, f"acknowledged entries lost: {sorted(missing)[:10]}"
-    a, b = pair.twin("a"), pair.twin("b")
+    a, b = pair.open("a"), pair.open("b")
     view_a = [e.to_dict() for e in a.read()]
     view_b = [e.to_dict() for e in b.read()]
     assert view_a == view_b

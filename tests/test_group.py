@@ -264,6 +264,7 @@ def test_another_user_can_neither_follow_nor_lead(name: bytes) -> None:
     lead.close()
 
 
+@pytest.mark.no_mounts
 def test_group_commit_can_be_turned_off(pair: Pair) -> None:
     config = Config.from_mapping({**pair.config_dict("a"), "group_commit": False})
     with TwinLog(config) as log:
@@ -323,6 +324,7 @@ def test_a_follower_learns_the_leaders_view_of_the_peer(pair: Pair) -> None:
     assert log_ids(pair.log_dir("a")) == ["a:1"]
 
 
+@pytest.mark.no_mounts
 def test_the_answer_carries_the_back_off(name: bytes, pair: Pair) -> None:
     lead = Leadership.try_take(name)
     assert lead is not None

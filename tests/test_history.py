@@ -51,6 +51,7 @@ def assert_one_entry_per_id(*log_dirs: Path) -> None:
         assert not [i for i, n in counts.items() if n > 1], f"duplicates in {log_dir}"
 
 
+@pytest.mark.no_mounts
 def test_disk_replaced_with_the_peer_up_recovers_before_allocating(pair: Pair) -> None:
     a, b = pair.twin("a"), pair.twin("b")
     acked = [a.write(f"a{i}").id for i in range(5)] + [b.write(f"b{i}").id for i in range(3)]
@@ -65,6 +66,7 @@ def test_disk_replaced_with_the_peer_up_recovers_before_allocating(pair: Pair) -
     assert_one_entry_per_id(pair.log_dir("a"), pair.log_dir("b"))
 
 
+@pytest.mark.no_mounts
 def test_init_on_an_empty_directory_takes_the_history_back(
     pair: Pair, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -83,6 +85,7 @@ def test_init_on_an_empty_directory_takes_the_history_back(
     assert pair.twin("a").write("next").id == "a:5"
 
 
+@pytest.mark.no_mounts
 def test_disk_replaced_recovers_rotated_history(pair: Pair) -> None:
     a, b = pair.twin("a", rotate_bytes=4096), pair.twin("b", rotate_bytes=4096)
     acked = []
@@ -110,6 +113,7 @@ def assert_converged_all(pair: Pair, acked: list[str]) -> None:
     assert_one_entry_per_id(pair.log_dir("a"), pair.log_dir("b"))
 
 
+@pytest.mark.no_mounts
 def test_snapshot_rollback_recovers_from_the_snapshot_seq(pair: Pair, tmp_path: Path) -> None:
     a, b = pair.twin("a"), pair.twin("b")
     acked = [a.write(f"a{i}").id for i in range(3)]
@@ -126,6 +130,7 @@ def test_snapshot_rollback_recovers_from_the_snapshot_seq(pair: Pair, tmp_path: 
     assert_converged(pair, [*acked, "a:8"])
 
 
+@pytest.mark.no_mounts
 def test_the_peer_gives_a_node_its_history_back_on_its_own_contact(pair: Pair) -> None:
     """b's disk is replaced: a's next write gives b its own entries back (whichever node
     makes contact first restores the other's history), and b continues after them."""
@@ -227,6 +232,7 @@ def test_a_conflict_found_by_the_peer_is_kept_across_restarts(pair: Pair) -> Non
     assert pair.twin("a").write("w").id == "a:3"  # after both marks (a:2 here, a:1 there)
 
 
+@pytest.mark.no_mounts
 def test_find_line_locates_entries_across_segments(pair: Pair) -> None:
     a = pair.twin("a", rotate_bytes=4096)
     for i in range(100):

@@ -15,6 +15,7 @@ from pairlib import Pair, assert_converged, log_ids
 from twinlog import Config, StorageError, TwinLog
 
 
+@pytest.mark.no_mounts
 def test_dual_write_lands_in_both_logs(pair: Pair) -> None:
     a, b = pair.twin("a"), pair.twin("b")
     ea = a.write("from a", level="INFO")
@@ -57,6 +58,7 @@ def test_partition_on_one_side_caches_then_drains_on_next_write(pair: Pair) -> N
     assert_converged(pair, [e1.id, e2.id])
 
 
+@pytest.mark.no_mounts
 def test_peer_pulls_our_cache_when_we_cannot_reach_it(pair: Pair) -> None:
     """Asymmetric: a cannot reach b, b reaches a; b's write pulls a's cache (4B)."""
     a, b = pair.twin("a"), pair.twin("b")
@@ -71,6 +73,7 @@ def test_peer_pulls_our_cache_when_we_cannot_reach_it(pair: Pair) -> None:
     assert_converged(pair, acked)
 
 
+@pytest.mark.no_mounts
 def test_partition_on_both_sides_then_heal_and_reconcile(pair: Pair) -> None:
     a, b = pair.twin("a"), pair.twin("b")
     acked = [a.write("before").id]
@@ -88,6 +91,7 @@ def test_partition_on_both_sides_then_heal_and_reconcile(pair: Pair) -> None:
     assert a.status()["in_sync"] and b.status()["in_sync"]
 
 
+@pytest.mark.no_mounts
 def test_drain_both_ways_on_next_write(pair: Pair) -> None:
     a, b = pair.twin("a"), pair.twin("b")
     pair.partition()
@@ -99,6 +103,7 @@ def test_drain_both_ways_on_next_write(pair: Pair) -> None:
     assert_converged(pair, acked)
 
 
+@pytest.mark.no_mounts
 def test_reconcile_is_idempotent(pair: Pair) -> None:
     a, b = pair.twin("a"), pair.twin("b")
     pair.partition()
@@ -111,6 +116,7 @@ def test_reconcile_is_idempotent(pair: Pair) -> None:
     assert_converged(pair, acked)
 
 
+@pytest.mark.no_mounts
 def test_merged_view_orders_by_clock_and_keeps_each_nodes_order(pair: Pair) -> None:
     a, b = pair.twin("a"), pair.twin("b")
     pair.partition()
@@ -125,6 +131,7 @@ def test_merged_view_orders_by_clock_and_keeps_each_nodes_order(pair: Pair) -> N
     assert [e.to_dict() for e in view] == [e.to_dict() for e in b.read()]
 
 
+@pytest.mark.no_mounts
 def test_a_new_entry_sorts_after_everything_its_node_has_seen(pair: Pair) -> None:
     """Causality: b's clock is far ahead; a's next entry, written after pulling b's, sorts last."""
     from twinlog.clock import HybridClock
@@ -139,6 +146,7 @@ def test_a_new_entry_sorts_after_everything_its_node_has_seen(pair: Pair) -> Non
     assert e.ts > "2096"
 
 
+@pytest.mark.no_mounts
 def test_concurrent_threads_on_both_nodes(pair: Pair) -> None:
     a, b = pair.twin("a"), pair.twin("b")
     acked: list[str] = []
@@ -168,6 +176,7 @@ def test_concurrent_threads_on_both_nodes(pair: Pair) -> None:
     assert_converged(pair, acked)
 
 
+@pytest.mark.no_mounts
 def test_each_thread_sees_its_own_order(pair: Pair) -> None:
     a = pair.twin("a")
     seqs: dict[int, list[int]] = {}
@@ -271,6 +280,7 @@ def test_status_is_json_serialisable_and_complete(pair: Pair) -> None:
     assert st["pending_from_peer"] == 1 and not st["in_sync"]
 
 
+@pytest.mark.no_mounts
 def test_verify_reports_missing_ids(pair: Pair) -> None:
     a, b = pair.twin("a"), pair.twin("b")
     pair.partition()
@@ -326,6 +336,7 @@ def test_torn_line_in_peer_log_is_repaired_before_appending(pair: Pair) -> None:
     assert log_ids(pair.log_dir("b")) == ["a:1", "a:2"]
 
 
+@pytest.mark.no_mounts
 def test_state_survives_a_new_process(pair: Pair) -> None:
     a = pair.twin("a")
     for i in range(5):
@@ -335,6 +346,7 @@ def test_state_survives_a_new_process(pair: Pair) -> None:
     assert again.write("next").seq == 6
 
 
+@pytest.mark.no_mounts
 @pytest.mark.parametrize("count", [1, 3])
 def test_many_instances_in_one_process_share_the_lock(pair: Pair, count: int) -> None:
     logs = [pair.twin("a") for _ in range(count)] + [pair.twin("b") for _ in range(count)]
@@ -382,6 +394,7 @@ def test_entry_lost_between_log_and_cache_is_found_in_the_log(pair: Pair) -> Non
     assert_converged(pair, acked)
 
 
+@pytest.mark.no_mounts
 def test_checkpoints_let_a_fresh_process_start_from_the_end(pair: Pair) -> None:
     pair.options["fsync"] = False
     a, b = pair.twin("a"), pair.twin("b")

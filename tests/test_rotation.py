@@ -42,6 +42,7 @@ def assert_converged_across_segments(pair: Pair, acked: list[str]) -> None:
     assert a.verify().in_sync and b.verify().in_sync
 
 
+@pytest.mark.no_mounts
 def test_rotate_makes_a_segment_and_reading_spans_it(pair: Pair) -> None:
     a, b = pair.twin("a"), pair.twin("b")
     acked = [a.write("1").id, b.write("2").id]
@@ -57,6 +58,7 @@ def test_rotate_makes_a_segment_and_reading_spans_it(pair: Pair) -> None:
     assert_converged_across_segments(pair, acked)
 
 
+@pytest.mark.no_mounts
 def test_automatic_rotation_at_rotate_bytes_while_both_write(pair: Pair) -> None:
     pair.options["rotate_bytes"] = 4096
     a, b = pair.twin("a"), pair.twin("b")
@@ -79,6 +81,7 @@ def test_automatic_rotation_at_rotate_bytes_while_both_write(pair: Pair) -> None
     assert_converged_across_segments(pair, acked)
 
 
+@pytest.mark.no_mounts
 def test_partition_rotation_on_both_sides_then_heal(pair: Pair) -> None:
     a, b = pair.twin("a"), pair.twin("b")
     acked = [a.write("before").id]
@@ -96,6 +99,7 @@ def test_partition_rotation_on_both_sides_then_heal(pair: Pair) -> None:
     assert_converged_across_segments(pair, acked)
 
 
+@pytest.mark.no_mounts
 def test_a_fresh_process_after_rotation_continues_the_sequence(pair: Pair) -> None:
     a = pair.twin("a")
     for i in range(3):
@@ -106,6 +110,7 @@ def test_a_fresh_process_after_rotation_continues_the_sequence(pair: Pair) -> No
     assert pair.twin("b").write("b").seq == 1
 
 
+@pytest.mark.no_mounts
 def test_retention_deletes_old_delivered_segments(pair: Pair) -> None:
     pair.options["retain_segments"] = 2
     a, b = pair.twin("a"), pair.twin("b")
@@ -140,6 +145,7 @@ def test_retention_never_drops_undelivered_entries(pair: Pair) -> None:
     assert a.rotate().expired  # now they may go
 
 
+@pytest.mark.no_mounts
 def test_retention_keeps_a_segment_the_peer_still_needs(pair: Pair) -> None:
     """The peer lacks entries from the oldest segment: retention stops right there."""
     pair.options["retain_segments"] = 1
@@ -158,6 +164,7 @@ def test_retention_keeps_a_segment_the_peer_still_needs(pair: Pair) -> None:
     assert not b_log.exists() or b"undelivered" not in b_log.read_bytes()
 
 
+@pytest.mark.no_mounts
 @pytest.mark.parametrize("point", ["after_rotate_rename", "after_rotate_index"])
 def test_crash_in_the_middle_of_a_rotation(pair: Pair, point: str) -> None:
     a = pair.twin("a")

@@ -81,6 +81,7 @@ def _assert_windows_match(log: TwinLog, everything: list[Entry]) -> None:
             assert [e.id for e in log.read(since=since, until=until, node=node)] == mine
 
 
+@pytest.mark.no_mounts
 def test_rotation_writes_the_index(pair: Pair, history: tuple[TwinLog, list[Entry]]) -> None:
     manifest = _manifest(pair)
     assert sorted(manifest) == ["1", "2", "3"]
@@ -104,6 +105,7 @@ def test_windows_are_exact_despite_arrival_order(history: tuple[TwinLog, list[En
     _assert_windows_match(log, everything)
 
 
+@pytest.mark.no_mounts
 @pytest.mark.parametrize("damage", ["missing", "stale", "garbage"])
 def test_a_missing_or_stale_index_is_rebuilt(
     pair: Pair, history: tuple[TwinLog, list[Entry]], damage: str
@@ -145,6 +147,7 @@ def test_last_entries(history: tuple[TwinLog, list[Entry]]) -> None:
     assert [e.id for e in log.read(last=3, grep="cut off")] == warn[-3:]
 
 
+@pytest.mark.no_mounts
 def test_a_window_reads_only_the_segments_it_needs(
     pair: Pair, history: tuple[TwinLog, list[Entry]]
 ) -> None:
@@ -169,6 +172,7 @@ def test_a_window_reads_only_the_segments_it_needs(
         pinned.close()
 
 
+@pytest.mark.no_mounts
 def test_read_last_rejects_nonsense(pair: Pair) -> None:
     from twinlog import InvalidQueryError
 
@@ -177,6 +181,7 @@ def test_read_last_rejects_nonsense(pair: Pair) -> None:
             pair.twin("a").read(last=bad)  # type: ignore[arg-type]
 
 
+@pytest.mark.no_mounts
 def test_tail_uses_the_same_answers(
     capsys: pytest.CaptureFixture[str],
     pair: Pair,

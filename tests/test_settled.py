@@ -39,6 +39,7 @@ def trips(log: object) -> tuple[int, int]:
     return stats["one_trip"], stats["drained_after"]
 
 
+@pytest.mark.no_mounts
 def test_steady_writes_take_one_round_trip_and_both_logs_match(pair: Pair) -> None:
     a, b = pair.twin("a"), pair.twin("b")
     acked = [a.write(f"m{i}").id for i in range(5)]
@@ -77,6 +78,7 @@ def _append_raw(log_dir: Path, data: bytes) -> None:
         f.write(data)
 
 
+@pytest.mark.no_mounts
 def test_an_entry_the_peer_left_undelivered_is_pulled(pair: Pair) -> None:
     a, b = pair.twin("a"), pair.twin("b")
     acked = [a.write("one").id, b.write("b one").id, a.write("two").id]
@@ -102,6 +104,7 @@ def test_a_torn_tail_on_the_peer_is_repaired_not_appended_after(pair: Pair) -> N
     assert_converged(pair, acked)
 
 
+@pytest.mark.no_mounts
 def test_our_entries_delivered_by_another_process_are_expected(pair: Pair) -> None:
     a, other, b = pair.twin("a"), pair.twin("a"), pair.twin("b")
     acked = [a.write("one").id, a.write("two").id]
@@ -129,6 +132,7 @@ def test_our_entry_another_process_left_undelivered_is_pushed_first(pair: Pair) 
     assert_converged(pair, [*acked, "a:3"])
 
 
+@pytest.mark.no_mounts
 def test_a_rotated_peer_log_is_read_afresh(pair: Pair) -> None:
     a, b = pair.twin("a"), pair.twin("b")
     acked = [a.write("one").id, a.write("two").id]

@@ -39,6 +39,7 @@ def test_a_batch_with_the_peer_away_is_cached(pair: Pair) -> None:
     assert_converged(pair, [e.id for e in entries])
 
 
+@pytest.mark.no_mounts
 @pytest.mark.parametrize(
     ("items", "error", "words"),
     [
@@ -114,6 +115,7 @@ def test_stdin_lines_that_arrive_together_share_a_commit(pair: Pair, tmp_path: P
     assert_converged(pair, [f"a:{i}" for i in range(1, 300)])
 
 
+@pytest.mark.no_mounts
 def test_a_line_alone_on_stdin_is_committed_without_waiting_for_more(
     pair: Pair, tmp_path: Path
 ) -> None:

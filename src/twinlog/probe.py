@@ -35,6 +35,7 @@ REASONS = {
     "busy": "the peer's lock was held for longer than io_timeout",
     "io_error": "a peer operation failed",
     "stuck": "an earlier peer operation is still stuck in the kernel",
+    "cut": "the link to the peer is cut (twinlog.testing)",
 }
 
 STUCK_FILE = "twinlog.stuck"
