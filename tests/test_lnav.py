@@ -33,7 +33,7 @@ def test_lnav_reads_a_pair_log(pair: Pair, tmp_path: Path) -> None:
     lnav = system_tool("lnav", "lnav")
     home = tmp_path / "home"
     home.mkdir()
-    # Installed as the README says (into ~/.lnav/formats/installed/).
+    # Installed as docs/operations.md says (into ~/.lnav/formats/installed/).
     env = dict(os.environ, HOME=os.fspath(home), TERM="dumb")
     subprocess.run([lnav, "-i", os.fspath(FORMAT)], env=env, check=True, capture_output=True)
     a, b = pair.twin("a"), pair.twin("b")
@@ -64,7 +64,7 @@ def test_lnav_reads_a_pair_log(pair: Pair, tmp_path: Path) -> None:
     assert rows[0]["logger"] == "failover"
     assert rows[4]["exc"] == "Traceback (most recent call last):\nValueError: y"
     assert rows[2]["exc"] is None
-    # The recipes of the README: levels by severity, and any field through the raw line.
+    # The recipes of docs/operations.md: levels by severity, and any field through the raw line.
     worse = _query(lnav, home, ";SELECT id FROM twinlog_log WHERE log_level >= 'warning'", *files)
     assert [r["id"] for r in worse] == ["b:1", "b:2", "a:3"]
     vip = _query(

@@ -45,10 +45,11 @@ from twinlog._monitor import (
 )
 from twinlog._query import SEVERITY, Query, parse_level, parse_time
 from twinlog._read import VerifyResult
+from twinlog._status_text import plural, reason_text, status_details, status_summary
 from twinlog.config import DEFAULT_CONFIG_PATH, Config
+from twinlog.demo import run_demo
 from twinlog.entry import RESERVED_FIELDS, Entry, check_message, decode_line
 from twinlog.exceptions import ConfigError, InvalidQueryError, LockTimeoutError, TwinlogError
-from twinlog.probe import REASONS
 
 __all__ = ["COMMANDS", "Command", "LogFollower", "format_entry", "main", "parse_field"]
 
@@ -278,16 +279,6 @@ def format_entry(entry: Entry, node_width: int, *, colour: bool) -> str:
     return f"{line}  {extras}" if extras else line
 
 
-def _plural(n: int, word: str) -> str:
-    if n == 1:
-        return f"{n} {word}"
-    return f"{n} {word[:-1]}ies" if word.endswith("y") else f"{n} {word}s"
-
-
-def _reason_text(reason: str, text: str = "") -> str:
-    return text or REASONS.get(reason.split(":", 1)[0], reason)
-
-
 def _conflict_text(conflict: dict[str, Any], node: str) -> str:
     origin = conflict["origin"]
     where = "here" if origin == node else f"on {origin}"
@@ -332,11 +323,11 @@ def cmd_init(args: argparse.Namespace, con: Console) -> int:
         con.print(f"peer {peer} at {cfg.peer_dir}: reachable")
         if result.recovered:
             con.print(
-                f"history: took back {_plural(result.recovered, 'entry')} of {node} from {peer}"
+                f"history: took back {plural(result.recovered, 'entry')} of {node} from {peer}"
                 f" (this node's own, which its log had lost); new entries continue after them"
             )
     else:
-        reason = _reason_text(info["peer_reason"], info["peer_reason_text"])
+        reason = reason_text(info["peer_reason"], info["peer_reason_text"])
         con.print(f"peer {peer} at {cfg.peer_dir}: not reachable yet ({reason})")
         if not info["last_seq"][node]:
             con.print(
@@ -484,7 +475,7 @@ def cmd_write(args: argparse.Namespace, con: Console) -> int:
                 con.out.flush()
         if log.last_reason != "ok":
             con.error(
-                f"note: peer {cfg.peer} not reachable ({_reason_text(log.last_reason)}); "
+                f"note: peer {cfg.peer} not reachable ({reason_text(log.last_reason)}); "
                 "the local cache keeps what it missed until the peer is back"
             )
     return status
@@ -760,125 +751,6 @@ def status_exit(info: dict[str, Any]) -> int:
     return 0 if info["in_sync"] else 1
 
 
-def status_summary(
-    info: dict[str, Any], warning: Limits | None = None, critical: Limits | None = None
-) -> str:
-    """The Nagios-style first line: ``TWINLOG OK - ...`` or ``TWINLOG WARNING - ...``."""
-    node, peer = info["node"], info["peer"]
-    cache = info["cache_entries"]
-    perf = [perfdata(info, warning, critical)]
-    seqs = ", ".join(f"{n}:{s}" for n, s in info["last_seq"].items())
-    conflict = info.get("conflict")
-    if conflict:
-        origin = conflict["origin"]
-        where = f"on {node}" if origin == node else f"on {origin} (the node whose history it is)"
-        text = (
-            f"TWINLOG CRITICAL - history conflict: {origin}'s entries differ between {node} and "
-            f"{peer} from {conflict['first_id']} on; nothing of them is copied until an "
-            f"operator runs 'twinlog repair' {where}"
-        )
-    elif info["in_sync"]:
-        text = f"TWINLOG OK - {node} and {peer} in sync (last seq {seqs})"
-    elif not info["peer_reachable"]:
-        reason = _reason_text(info["peer_reason"], info["peer_reason_text"])
-        text = f"TWINLOG WARNING - peer {peer} not reachable from {node}: {reason}"
-        if cache["local"]:
-            text += f"; {_plural(cache['local'], 'entry')} cached for {peer}"
-    else:
-        waiting = []
-        to_peer = max(info["pending_to_peer"] or 0, cache["local"] or 0)
-        from_peer = max(info["pending_from_peer"] or 0, cache["peer"] or 0)
-        if to_peer:
-            waiting.append(f"{_plural(to_peer, 'entry')} waiting to go to {peer}")
-        if from_peer:
-            waiting.append(f"{_plural(from_peer, 'entry')} waiting to come from {peer}")
-        if info.get("to_take_back"):
-            waiting.append(
-                f"{_plural(info['to_take_back'], 'entry')} of {node}'s own that its log lost "
-                f"to take back from {peer}"
-            )
-        if info.get("to_give_back"):
-            waiting.append(
-                f"{_plural(info['to_give_back'], 'entry')} of {peer}'s own that its log lost "
-                f"to give back"
-            )
-        text = (
-            f"TWINLOG WARNING - {' and '.join(waiting) or 'not in sync'}; run 'twinlog reconcile'"
-        )
-    return f"{text} | {' '.join(perf)}"
-
-
-def status_details(info: dict[str, Any]) -> list[str]:
-    node, peer = info["node"], info["peer"]
-    cache = info["cache_entries"]
-    if info["peer_reachable"]:
-        reach = "reachable"
-    else:
-        reach = f"NOT reachable: {_reason_text(info['peer_reason'], info['peer_reason_text'])}"
-    lines = [
-        f"node:              {node}",
-        f"peer:              {peer} ({reach})",
-        f"local cache:       {_plural(cache['local'], 'entry')} waiting for {peer}",
-        "peer cache:        "
-        + (
-            "unknown (peer not reachable)"
-            if cache["peer"] is None
-            else f"{_plural(cache['peer'], 'entry')} waiting for {node}"
-        ),
-        "last seq here:     " + ", ".join(f"{n}:{s}" for n, s in info["last_seq"].items()),
-    ]
-    if info["peer_last_seq"] is not None:
-        lines.append(
-            "last seq on peer:  " + ", ".join(f"{n}:{s}" for n, s in info["peer_last_seq"].items())
-        )
-    lines += _delivery_lines(info)
-    if info["stuck_workers"]:
-        pids = ", ".join(str(pid) for pid in info["stuck_workers"])
-        lines.append(f"stuck peer workers: {pids}")
-    for conflict in info.get("conflicts", []):
-        origin = conflict["origin"]
-        holds = ", ".join(f"{n} up to {origin}:{s}" for n, s in conflict["marks"].items())
-        lines.append(
-            f"history conflict:  {origin}'s entries from {conflict['first_id']} on "
-            f"({holds}; found by {conflict['found_by']})"
-        )
-    return lines
-
-
-def _delivery_lines(info: dict[str, Any]) -> list[str]:
-    """The oldest undelivered entry each way and the last complete sync, in words."""
-    peer = info["peer"]
-    lines = []
-    for way, label in (("to_peer", f"to {peer}"), ("from_peer", f"from {peer}")):
-        ts = info["oldest_undelivered_ts"][way]
-        if ts is not None:
-            age = info["oldest_undelivered_age_seconds"][way]
-            text = f"{ts} ({_age(age)} ago)"
-        elif way == "from_peer" and not info["peer_reachable"]:
-            text = "unknown (peer not reachable)"
-        else:
-            text = "none"
-        lines.append(f"oldest undelivered {label}: {text}")
-    synced = info["last_sync"]
-    lines.append(
-        "last complete sync: "
-        + (f"{synced} ({_age(info['last_sync_age_seconds'])} ago)" if synced else "never recorded")
-    )
-    return lines
-
-
-def _age(seconds: float) -> str:
-    """``42.0s``, ``3m12s``, ``5h4m``, ``2d3h``: the two largest units."""
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    whole, parts = int(seconds), list[str]()
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
-        if whole >= size or parts:
-            parts.append(f"{whole // size}{unit}")
-            whole %= size
-    return "".join(parts[:2])
-
-
 def cmd_status(args: argparse.Namespace, con: Console) -> int:
     if args.textfile is not None and not args.prometheus:
         raise UsageError("--textfile needs --prometheus")
@@ -939,12 +811,12 @@ def cmd_reconcile(args: argparse.Namespace, con: Console) -> int:
     elif result.peer_reachable:
         con.print(
             f"reconciled {cfg.node} with {cfg.peer}: "
-            f"pushed {_plural(result.pushed, 'entry')} to {cfg.peer}, "
-            f"pulled {_plural(result.pulled, 'entry')} from {cfg.peer}"
+            f"pushed {plural(result.pushed, 'entry')} to {cfg.peer}, "
+            f"pulled {plural(result.pulled, 'entry')} from {cfg.peer}"
         )
     else:
         con.print(
-            f"peer {cfg.peer} not reachable ({_reason_text(result.reason)}): nothing moved; "
+            f"peer {cfg.peer} not reachable ({reason_text(result.reason)}): nothing moved; "
             "cached entries are delivered once it is back"
         )
     return 0 if result.peer_reachable else 1
@@ -966,7 +838,7 @@ def cmd_rotate(args: argparse.Namespace, con: Console) -> int:
         con.print(f"expired (retention): {', '.join(result.expired)}")
     elif not result.peer_reachable and (cfg.retain_segments or cfg.retain_days):
         con.print(
-            f"retention skipped: peer {cfg.peer} not reachable ({_reason_text(result.reason)}); "
+            f"retention skipped: peer {cfg.peer} not reachable ({reason_text(result.reason)}); "
             "old segments are kept until it has every entry"
         )
     return 0
@@ -980,16 +852,16 @@ def cmd_verify(args: argparse.Namespace, con: Console) -> int:
     if args.json:
         con.print(json.dumps(result.to_dict(), indent=2))
     elif not result.peer_reachable:
-        con.print(f"CANNOT VERIFY - peer {cfg.peer} not reachable: {_reason_text(result.reason)}")
+        con.print(f"CANNOT VERIFY - peer {cfg.peer} not reachable: {reason_text(result.reason)}")
     elif result.in_sync:
         con.print(
             f"IN SYNC - {cfg.node} and {cfg.peer} hold the same "
-            f"{_plural(result.local_entries, 'entry')}"
+            f"{plural(result.local_entries, 'entry')}"
         )
         _expiry_note(con, result)
     else:
         con.print(
-            f"NOT IN SYNC - {cfg.node} holds {_plural(result.local_entries, 'entry')}, "
+            f"NOT IN SYNC - {cfg.node} holds {plural(result.local_entries, 'entry')}, "
             f"{cfg.peer} holds {result.peer_entries}"
         )
         _expiry_note(con, result)
@@ -1027,13 +899,13 @@ def cmd_repair(args: argparse.Namespace, con: Console) -> int:
     elif result.repaired:
         con.print(
             f"repaired {cfg.node}'s history from {result.first_id} on: "
-            f"{cfg.peer}'s copy kept, {_plural(result.taken_back, 'entry')} taken back from it"
+            f"{cfg.peer}'s copy kept, {plural(result.taken_back, 'entry')} taken back from it"
         )
         for old, new in result.relogged:
             con.print(f"re-logged {old} as {new}")
         if result.kept:
             con.print(
-                f"kept {_plural(result.kept, 'later entry')} of {cfg.node} "
+                f"kept {plural(result.kept, 'later entry')} of {cfg.node} "
                 + ("under its id" if result.kept == 1 else "under their ids")
             )
         con.print(f"the replaced files are in {cfg.log_dir / (result.archive or '')}")
@@ -1046,7 +918,7 @@ def cmd_repair(args: argparse.Namespace, con: Console) -> int:
         )
     else:
         con.print(
-            f"cannot repair: peer {cfg.peer} not reachable ({_reason_text(result.reason)}); "
+            f"cannot repair: peer {cfg.peer} not reachable ({reason_text(result.reason)}); "
             "repair needs both logs"
         )
     return 0 if result.repaired or result.reason == "no_conflict" else 1
@@ -1062,9 +934,6 @@ def _args_demo(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_demo(args: argparse.Namespace, con: Console) -> int:
-    # Lazy: the demo reuses this module's status formatting, so it imports this module.
-    from twinlog.demo import run_demo  # noqa: PLC0415
-
     return run_demo(con.out, use_mounts=not args.no_mount)
 
 

@@ -22,7 +22,7 @@ from types import FrameType
 from typing import TextIO
 
 from twinlog._api import TwinLog
-from twinlog.cli import status_summary
+from twinlog._status_text import status_summary
 from twinlog.config import Config
 from twinlog.entry import Entry
 
