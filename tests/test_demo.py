@@ -56,7 +56,7 @@ def test_demo_fallback_without_mounts(demo_tmp: Path, capsys: pytest.CaptureFixt
     assert main(["demo", "--no-mount"]) == 0
     out = capsys.readouterr().out
     assert "FALLBACK: --no-mount was given" in out and "require_mount=False" in out
-    assert "cached: beta unreachable (missing)" in out
+    assert "cached: beta unreachable (cut)" in out
     assert "identical views on both nodes: yes" in out
     assert leftovers(demo_tmp) == ([], [])
 

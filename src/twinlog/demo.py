@@ -2,9 +2,9 @@
 
 Node ``alpha``'s ``peer_dir`` is a bind mount of ``beta``'s ``log_dir`` and the other way round,
 as NFS mounts would be between two machines; cutting the link is a lazy unmount. Without root
-(or without ``mount --bind``) the peer directories are symlinks and the nodes run with
-``require_mount=False``; the demo says so. Everything is unmounted and removed at the end, also
-after an error, Ctrl-C or SIGTERM.
+(or without ``mount --bind``) each node reaches the other's ``log_dir`` through the switched
+link of ``twinlog.testing`` (``require_mount=False``); the demo says so. Everything is unmounted
+and removed at the end, also after an error, Ctrl-C or SIGTERM.
 """
 
 from __future__ import annotations
@@ -23,75 +23,18 @@ from typing import TextIO
 
 from twinlog._api import TwinLog
 from twinlog._status_text import status_summary
-from twinlog.config import Config
 from twinlog.entry import Entry
+from twinlog.testing import TwoNodes, mount_points
 
-__all__ = ["NODES", "Links", "run_demo"]
+__all__ = ["NODES", "run_demo"]
 
 NODES = ("alpha", "beta")
 _COLUMN = 44
+_TIMEOUTS = {"probe_timeout": 1.0, "io_timeout": 2.0, "lock_timeout": 5.0}
 
 
 def _other(node: str) -> str:
     return NODES[1] if node == NODES[0] else NODES[0]
-
-
-def mount_points() -> set[str]:
-    """Mount points of this process's namespace (``/proc/self/mounts``, octal escapes decoded)."""
-    with open("/proc/self/mounts", encoding="utf-8", errors="surrogateescape") as f:
-        return {
-            line.split()[1].encode("latin-1", "surrogateescape").decode("unicode_escape")
-            for line in f
-            if len(line.split()) > 1
-        }
-
-
-class Links:
-    """The "network" between the two nodes: bind mounts, or symlinks as the fallback."""
-
-    def __init__(self, root: Path, *, mounts: bool) -> None:
-        self.root = root
-        self.mounts = mounts
-
-    def log_dir(self, node: str) -> Path:
-        return self.root / node / "log"
-
-    def peer_dir(self, node: str) -> Path:
-        return self.root / node / "peer"
-
-    def is_connected(self, node: str) -> bool:
-        if self.mounts:
-            return os.fspath(self.peer_dir(node)) in mount_points()
-        return self.peer_dir(node).is_symlink()
-
-    def connect(self, node: str) -> None:
-        """``node`` reaches its peer: mount (or link) the peer's log_dir at its peer_dir."""
-        if self.is_connected(node):
-            return
-        source, target = self.log_dir(_other(node)), self.peer_dir(node)
-        if self.mounts:
-            subprocess.run(
-                ["mount", "--bind", os.fspath(source), os.fspath(target)],
-                check=True,
-                capture_output=True,
-            )
-        else:
-            target.rmdir()
-            target.symlink_to(source, target_is_directory=True)
-
-    def cut(self, node: str) -> None:
-        """``node`` loses its peer. Lazy unmount: a worker may still hold files open."""
-        target = self.peer_dir(node)
-        if self.mounts:
-            while self.is_connected(node):
-                subprocess.run(["umount", "-l", os.fspath(target)], check=True, capture_output=True)
-        elif target.is_symlink():
-            target.unlink()
-            target.mkdir()
-
-    def close(self) -> None:
-        for node in NODES:
-            self.cut(node)
 
 
 def _try_mounts(root: Path) -> str | None:
@@ -100,10 +43,7 @@ def _try_mounts(root: Path) -> str | None:
         return "bind mounts need root"
     if shutil.which("mount") is None or shutil.which("umount") is None:
         return "mount/umount are not installed"
-    probe = Links(root / "probe", mounts=True)
-    for node in NODES:
-        probe.log_dir(node).mkdir(parents=True)
-        probe.peer_dir(node).mkdir(parents=True)
+    probe = TwoNodes(root / "probe", mounts=True, nodes=NODES)
     try:
         probe.connect(NODES[0])
         probe.close()
@@ -147,8 +87,8 @@ def run_demo(out: TextIO, *, use_mounts: bool = True) -> int:
     with _sigterm_as_interrupt():
         try:
             why_not = _try_mounts(root) if use_mounts else "--no-mount was given"
-            links = Links(root, mounts=why_not is None)
-            return _story(out, root, links, logs, why_not)
+            pair = TwoNodes(root, mounts=why_not is None, nodes=NODES, **_TIMEOUTS)
+            return _story(out, pair, logs, why_not)
         finally:
             with _signals_blocked():  # a second Ctrl-C must not leave mounts behind
                 _clean_up(out, root, logs)
@@ -185,109 +125,118 @@ def _signals_blocked() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
-def _story(
-    out: TextIO, root: Path, links: Links, logs: dict[str, TwinLog], why_not: str | None
-) -> int:
-    def say(text: str = "") -> None:
-        out.write(text + "\n")
-        out.flush()
+class _Story:
+    """What the demo says, and the two nodes it says it about."""
 
-    def write(node: str, msg: str, **fields: str) -> None:
-        entry = logs[node].write(msg, level=fields.pop("level", "INFO"), **fields)
+    def __init__(self, out: TextIO, pair: TwoNodes, logs: dict[str, TwinLog]) -> None:
+        self.out, self.pair, self.logs = out, pair, logs
+
+    def say(self, text: str = "") -> None:
+        self.out.write(text + "\n")
+        self.out.flush()
+
+    def write(self, node: str, msg: str, **fields: str) -> None:
+        log = self.logs[node]
+        entry = log.write(msg, level=fields.pop("level", "INFO"), **fields)
         where = (
             f"delivered to {_other(node)}"
-            if logs[node].last_reason == "ok"
-            else f"cached: {_other(node)} unreachable ({logs[node].last_reason})"
+            if log.last_reason == "ok"
+            else f"cached: {_other(node)} unreachable ({log.last_reason})"
         )
-        say(f"  {node:<5} wrote {entry.id:<8} {msg!r:<23} {where}")
+        self.say(f"  {node:<5} wrote {entry.id:<8} {msg!r:<23} {where}")
 
-    say(f"twinlog demo: two nodes, {NODES[0]} and {NODES[1]}, under {root}")
+    def status_line(self, node: str) -> None:
+        summary = status_summary(self.logs[node].status()).split(" | ")[0]
+        self.say(f"  status on {node}: {summary}")
+
+
+def _story(out: TextIO, pair: TwoNodes, logs: dict[str, TwinLog], why_not: str | None) -> int:
+    story = _Story(out, pair, logs)
+    story.say(f"twinlog demo: two nodes, {NODES[0]} and {NODES[1]}, under {pair.root}")
     if why_not is None:
-        say("  each node's peer_dir is a bind mount of the other's log_dir (as NFS would be)")
+        story.say("  each node's peer_dir is a bind mount of the other's log_dir (as NFS would be)")
     else:
-        say(f"  FALLBACK: {why_not}; peer_dir is a symlink to the other node's log_dir and the")
-        say("  nodes run with require_mount=False. Same algorithm, but no real mount point.")
+        story.say(f"  FALLBACK: {why_not}; each node reaches the other's log_dir through a")
+        story.say("  switched link, with require_mount=False. Same algorithm, no real mount point.")
     for node in NODES:
-        links.log_dir(node).mkdir(parents=True)
-        links.peer_dir(node).mkdir(parents=True)
-        config = Config(
-            node=node,
-            peer=_other(node),
-            log_dir=links.log_dir(node),
-            peer_dir=links.peer_dir(node),
-            probe_timeout=1.0,
-            io_timeout=2.0,
-            lock_timeout=5.0,
-            require_mount=why_not is None,
-        )
-        logs[node] = TwinLog(config)  # creates log_dir's identity marker
-    for node in NODES:
-        links.connect(node)
+        logs[node] = pair.open(node)  # creates log_dir's identity marker
+    pair.connect()
+    _connected(story)
+    _cut(story)
+    _healed(story)
+    views = _views(story)
+    return _verified(story, views)
+
+
+def _connected(story: _Story) -> None:
     alpha, beta = NODES
+    story.say()
+    story.say("1. Connected: both nodes write; every entry goes to both logs at once.")
+    story.write(alpha, "cluster formed")
+    story.write(beta, "beta joined", level="NOTICE")
+    story.write(alpha, "vip up on alpha", resource="vip")
 
-    say()
-    say("1. Connected: both nodes write; every entry goes to both logs at once.")
-    write(alpha, "cluster formed")
-    write(beta, "beta joined", level="NOTICE")
-    write(alpha, "vip up on alpha", resource="vip")
 
-    say()
-    say("2. The link is cut (lazy unmount of both peer_dirs); both nodes keep writing.")
-    links.cut(alpha)
-    links.cut(beta)
-    write(beta, "alpha not answering", level="WARNING")
-    write(alpha, "beta not answering", level="WARNING")
-    write(beta, "taking over the vip", resource="vip")
-    write(alpha, "set maxconn=500")
-    summary = status_summary(logs[alpha].status()).split(" | ")[0]
-    say(f"  status on {alpha}: {summary}")
+def _cut(story: _Story) -> None:
+    alpha, beta = NODES
+    story.say()
+    how = "lazy unmount of both peer_dirs" if story.pair.mounts else "both directions"
+    story.say(f"2. The link is cut ({how}); both nodes keep writing.")
+    story.pair.cut()
+    story.write(beta, "alpha not answering", level="WARNING")
+    story.write(alpha, "beta not answering", level="WARNING")
+    story.write(beta, "taking over the vip", resource="vip")
+    story.write(alpha, "set maxconn=500")
+    story.status_line(alpha)
 
-    say()
-    say("3. The link heals; one reconcile on alpha delivers both caches.")
-    links.connect(alpha)
-    links.connect(beta)
-    summary = status_summary(logs[alpha].status()).split(" | ")[0]
-    say(f"  status on {alpha}: {summary}")
-    result = logs[alpha].reconcile()
-    say(
+
+def _healed(story: _Story) -> None:
+    alpha, beta = NODES
+    story.say()
+    story.say("3. The link heals; one reconcile on alpha delivers both caches.")
+    story.pair.connect()
+    story.status_line(alpha)
+    result = story.logs[alpha].reconcile()
+    story.say(
         f"  reconcile on {alpha}: pushed {result.pushed} to {beta}, pulled {result.pulled} "
         f"from {beta} (peer reachable: {result.peer_reachable})"
     )
-    write(beta, "vip stays on beta", level="NOTICE")
+    story.write(beta, "vip stays on beta", level="NOTICE")
 
-    say()
-    say("4. Each node reads its own log (TwinLog.read(): merged, ordered by time):")
-    views = {node: list(logs[node].read()) for node in NODES}
+
+def _views(story: _Story) -> dict[str, list[Entry]]:
+    alpha, beta = NODES
+    story.say()
+    story.say("4. Each node reads its own log (TwinLog.read(): merged, ordered by time):")
+    views = {node: list(story.logs[node].read()) for node in NODES}
     left_title, right_title = f"{alpha}'s view", f"{beta}'s view"
-    say(f"  {left_title:<{_COLUMN}}   {right_title}")
-    say(f"  {'-' * _COLUMN}   {'-' * _COLUMN}")
+    story.say(f"  {left_title:<{_COLUMN}}   {right_title}")
+    story.say(f"  {'-' * _COLUMN}   {'-' * _COLUMN}")
     for left, right in zip(views[alpha], views[beta], strict=False):
         mark = " " if left == right else "!"
-        say(f"  {_cell(left):<{_COLUMN}} {mark} {_cell(right)}")
+        story.say(f"  {_cell(left):<{_COLUMN}} {mark} {_cell(right)}")
     for extra in views[alpha][len(views[beta]) :]:
-        say(f"  {_cell(extra):<{_COLUMN}} !")
+        story.say(f"  {_cell(extra):<{_COLUMN}} !")
     for extra in views[beta][len(views[alpha]) :]:
-        say(f"  {'':<{_COLUMN}} ! {_cell(extra)}")
+        story.say(f"  {'':<{_COLUMN}} ! {_cell(extra)}")
+    return views
 
-    say()
-    say("5. verify (entry by entry, by id):")
+
+def _verified(story: _Story, views: dict[str, list[Entry]]) -> int:
+    alpha, beta = NODES
+    story.say()
+    story.say("5. verify (entry by entry, by id):")
     in_sync = True
     for node in NODES:
-        check = logs[node].verify()
+        check = story.logs[node].verify()
         in_sync = in_sync and check.in_sync
         verdict = "IN SYNC" if check.in_sync else "NOT IN SYNC"
-        say(
+        story.say(
             f"  on {node:<5}: {verdict} - {check.local_entries} entries here, "
             f"{check.peer_entries} on {check.peer}; missing here {check.missing_on_local or 'none'}"
             f", missing there {check.missing_on_peer or 'none'}"
         )
-    say(
-        "  identical views on both nodes: "
-        + (
-            "yes"
-            if [e.to_dict() for e in views[alpha]] == [e.to_dict() for e in views[beta]]
-            else "NO"
-        )
-    )
-    say()
+    same = [e.to_dict() for e in views[alpha]] == [e.to_dict() for e in views[beta]]
+    story.say("  identical views on both nodes: " + ("yes" if same else "NO"))
+    story.say()
     return 0 if in_sync else 1
