@@ -6,7 +6,7 @@ so the same code runs against real files, bind mounts, NFS or the fault filesyst
 
 Invariant kept by every append: in every log, the entries of each origin node appear in sequence
 order without gaps. So the high-water mark of an origin in a log (its highest seq there) says
-exactly which of that origin's entries the log lacks, and a transfer appends exactly those:
+exactly which of that origin's entries the log lacks, and a drain appends exactly those:
 running it twice, or again after a crash at any point, adds nothing twice.
 
 Four drains run under both locks, each :func:`drain` with a direction and an origin:

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from twinlog._fileops import CACHE_FILE, CHUNK, LOG_FILE, NO_LOOK, Allowed, Look
 from twinlog._worker import RemoteDir
-
-if TYPE_CHECKING:
-    from twinlog._reach import Deadlines
 
 __all__ = ["RemoteOps"]
 
@@ -17,22 +14,24 @@ __all__ = ["RemoteOps"]
 class RemoteOps:
     """:class:`twinlog._store.PeerOps` for the peer directory, through the killable worker.
 
-    Each call answers within one of the :class:`~twinlog._reach.Deadlines` (``io`` unless it
-    says otherwise); any failure raises :class:`~twinlog.exceptions.PeerError`, and a call that
-    does not answer in time has its worker killed first.
+    Each call answers within one of the deadlines ``_reach.Deadlines`` decides (``io`` unless
+    it says otherwise); any failure raises :class:`~twinlog.exceptions.PeerError`, and a call
+    that does not answer in time has its worker killed first.
     """
 
-    def __init__(self, remote: RemoteDir, deadlines: Deadlines) -> None:
+    def __init__(self, remote: RemoteDir, *, probe: float, io: float, lock_patience: float) -> None:
         self.remote = remote
-        self.deadlines = deadlines
+        self.probe = probe
+        self.io = io
+        self.lock_patience = lock_patience
 
     def _call(self, op: str, *args: Any) -> Any:
-        return self.remote.call(op, *args, timeout=self.deadlines.io)
+        return self.remote.call(op, *args, timeout=self.io)
 
     def check_identity(self, expected_node: str, not_dev_ino: tuple[int, int]) -> None:
         """Check, without locking, that the directory is the peer's (its identity marker, and
         not ourselves), within the ``probe`` deadline."""
-        self.remote.call("check_dir", expected_node, not_dev_ino, timeout=self.deadlines.probe)
+        self.remote.call("check_dir", expected_node, not_dev_ino, timeout=self.probe)
 
     def connect(self, expected_node: str, not_dev_ino: tuple[int, int]) -> None:
         """Check the directory is the peer's (identity marker, not ourselves) and take its lock."""
@@ -55,16 +54,15 @@ class RemoteOps:
         (this worker already checked this very directory) the lock stage is the first contact
         and answers within ``probe``.
         """
-        deadlines = self.deadlines
         locked: list[tuple[str, tuple[Any, ...]]] = [("lock", (None,))]
         if log_offset is not None:
             locked += [("tail", (LOG_FILE, log_offset, CHUNK)), ("stat", (CACHE_FILE,))]
         stages: list[tuple[list[tuple[str, tuple[Any, ...]]], float]] = [
-            (locked, deadlines.io if check_identity else deadlines.probe)
+            (locked, self.io if check_identity else self.probe)
         ]
         if check_identity:
-            stages.insert(0, ([("check_dir", (expected_node, not_dev_ino))], deadlines.probe))
-        results = self.remote.stages(stages, patience=deadlines.lock_patience)[-1]
+            stages.insert(0, ([("check_dir", (expected_node, not_dev_ino))], self.probe))
+        results = self.remote.stages(stages, patience=self.lock_patience)[-1]
         if log_offset is None:
             return NO_LOOK
         return Look(results[1], results[2] is not None)
@@ -80,17 +78,14 @@ class RemoteOps:
             ("lock", (None,)),
             ("append_if_settled", (LOG_FILE, CACHE_FILE, known, allowed, chunks, fsync)),
         ]
-        deadlines = self.deadlines
-        results = self.remote.stages([(stage, deadlines.probe)], patience=deadlines.lock_patience)[
-            0
-        ]
+        results = self.remote.stages([(stage, self.probe)], patience=self.lock_patience)[0]
         done, first, second = results[1]
         return bool(done), first, second
 
     def append_and_release(self, name: str, chunks: list[bytes], fsync: bool) -> int:
         """Append, then unlock, in one round trip (the write path's last peer call)."""
         size, _ = self.remote.batch(
-            [("append", (name, chunks, fsync)), ("unlock", ())], timeout=self.deadlines.io
+            [("append", (name, chunks, fsync)), ("unlock", ())], timeout=self.io
         )
         return int(size)
 
@@ -121,7 +116,7 @@ class RemoteOps:
         """Start :meth:`~twinlog._fileops.DirOps.append_from` in the worker; the returned
         function waits for it and returns the new size, or -1 (nothing appended)."""
         receive = self.remote.submit(
-            [([("append_from", (name, src_path, offset, length, fsync))], self.deadlines.io)]
+            [([("append_from", (name, src_path, offset, length, fsync))], self.io)]
         )
         return lambda: int(receive()[0][0])
 

@@ -90,7 +90,13 @@ class PeerReach:
         self.stuck = StuckRegistry(config.log_dir)
         self.remote = RemoteDir(os.fspath(config.peer_dir), on_stuck=self.stuck.add)
         #: The peer directory's operations, each within its deadline.
-        self.ops = RemoteOps(self.remote, self.deadlines)
+        deadlines = self.deadlines
+        self.ops = RemoteOps(
+            self.remote,
+            probe=deadlines.probe,
+            io=deadlines.io,
+            lock_patience=deadlines.lock_patience,
+        )
         self.last_reason = "ok"
         self._backoff_until = 0.0
         self._one_trip_paused_until = 0.0
