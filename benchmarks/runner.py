@@ -19,13 +19,24 @@ from benchmarks import ROW_KEYS
 from benchmarks._env import Row, can_bind_mount, machine_description
 from benchmarks.batch import run_batches
 from benchmarks.bigdata import run_drain, run_read_verify
+from benchmarks.fastpaths import run_fastpaths
 from benchmarks.latency import Series, run_latency, run_overhead, run_probe
 from benchmarks.seek import run_seek
 from benchmarks.throughput import run_throughput
 
 __all__ = ["format_markdown", "format_text", "main", "run_all"]
 
-SECTIONS = ("single", "overhead", "concurrent", "batch", "drain", "read", "seek", "probe")
+SECTIONS = (
+    "single",
+    "overhead",
+    "concurrent",
+    "batch",
+    "fastpaths",
+    "drain",
+    "read",
+    "seek",
+    "probe",
+)
 
 
 def run_all(
@@ -55,6 +66,9 @@ def run_all(
     if "batch" in sections:
         say(f"write_many() batches: {duration:g} s per row")
         rows += run_batches(base, duration)
+    if "fastpaths" in sections:
+        say(f"fast paths against their plain paths: {samples} writes, {duration:g} s windows")
+        rows += run_fastpaths(base, samples, duration, entries)
     if "drain" in sections:
         say(f"drain of {entries:,} cached entries")
         rows += run_drain(base, entries)
