@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from twinlog import _failpoints
+from twinlog._dedupe import KeyWindow, assign, entry_of, fresh_items, requests_of
 from twinlog._delivery import last_sync, oldest_undelivered, record_sync, ts_seconds
 from twinlog._fileops import CACHE_FILE, CHUNK, LOG_FILE, MARKER_FILE, READ_ONLY_ERRNOS, DirOps
 from twinlog._group import Follower, Leadership, follow, socket_name
@@ -44,7 +45,7 @@ from twinlog._sync import transfer
 from twinlog._worker import RemoteDir
 from twinlog.clock import HybridClock
 from twinlog.config import Config
-from twinlog.entry import Entry, check_message, encode_entry, format_ts, id_prefix, parse_key
+from twinlog.entry import Entry, check_entry, encode_entry, format_ts, id_prefix, parse_key
 from twinlog.exceptions import (
     ConfigError,
     InvalidEntryError,
@@ -170,6 +171,7 @@ class TwinLog:
         self._local_loads_seen = -1
         # Named after the directory we opened (its dev and inode), not its path.
         self._group_name = socket_name(self._local_ops.dev_ino()) if config.group_commit else None
+        self._keys = KeyWindow(config.dedupe_window)  # idempotency keys (see _dedupe.py)
         self.group_stats = {
             "uncontended": 0,
             "led": 0,
@@ -239,40 +241,53 @@ class TwinLog:
         self.close()
 
     # -- writing ------------------------------------------------------------------------
-    def write(self, msg: str, **fields: Any) -> Entry:
+    def write(self, msg: str, *, key: str | None = None, **fields: Any) -> Entry:
         """Log ``msg`` with optional extra JSON-serialisable fields; return the durable entry.
+
+        ``level`` is a level name or syslog severity 0-7, stored by name (INFO when not given).
+        ``key`` is an idempotency key: if this node logged an entry with it among its last
+        ``dedupe_window`` entries, that entry is returned and nothing new is logged.
 
         Entries written concurrently, by threads of this process or by other processes of this
         node, share one lock hold and one fsync per file (group commit, see ``_group.py``).
         """
-        fields_json = check_message(msg, fields, self.config.max_message_bytes)
-        return self._submit([_Pending(msg, fields_json, dict(fields))])[0]
+        fields_json, stored = check_entry(msg, fields, self.config.max_message_bytes, key)
+        return self._submit([_Pending(msg, fields_json, stored)])[0]
 
-    def write_many(self, items: Iterable[str | tuple[str, Mapping[str, Any]]]) -> list[Entry]:
-        """Log several entries in one commit; return them, durable, in order (their ids in
-        order, without gaps between them).
+    def write_many(
+        self,
+        items: Iterable[
+            str | tuple[str, Mapping[str, Any]] | tuple[str, Mapping[str, Any], str | None]
+        ],
+    ) -> list[Entry]:
+        """Log several entries in one commit; return them, durable, in order (new ones with
+        their ids in order, without gaps between them).
 
-        Each item is a message, or a ``(msg, fields)`` pair. The promise is ``write()``'s for
-        every entry, and so are the errors; every item is checked before anything is written,
-        and one bad item rejects the whole batch (the error names its index).
+        Each item is a message, a ``(msg, fields)`` pair or a ``(msg, fields, key)`` triple
+        (``key`` as in :meth:`write`: an item whose key is logged already gets that entry).
+        The promise is ``write()``'s for every entry, and so are the errors; every item is
+        checked before anything is written, and one bad item rejects the whole batch (the
+        error names its index).
         """
         pending = []
         for index, item in enumerate(items):
             fields: Mapping[str, Any]
+            key: object = None
             if isinstance(item, str):
                 msg, fields = item, {}
-            elif isinstance(item, tuple) and len(item) == 2 and isinstance(item[1], Mapping):
-                msg, fields = item
+            elif isinstance(item, tuple) and len(item) in (2, 3) and isinstance(item[1], Mapping):
+                msg, fields = item[0], item[1]
+                key = item[2] if len(item) == 3 else None
             else:
                 raise InvalidTypeError(
-                    f"item {index}: expected a message or a (msg, fields) pair, "
-                    f"got {type(item).__name__}"
+                    f"item {index}: expected a message, a (msg, fields) pair or a "
+                    f"(msg, fields, key) triple, got {type(item).__name__}"
                 )
             try:
-                fields_json = check_message(msg, fields, self.config.max_message_bytes)
+                fields_json, stored = check_entry(msg, fields, self.config.max_message_bytes, key)
             except (InvalidEntryError, InvalidTypeError) as exc:
                 raise type(exc)(f"item {index}: {exc}") from None
-            pending.append(_Pending(msg, fields_json, dict(fields)))
+            pending.append(_Pending(msg, fields_json, stored))
         return self._submit(pending)
 
     def _submit(self, pending: list[_Pending]) -> list[Entry]:
@@ -333,12 +348,12 @@ class TwinLog:
             if outcome.kind == "done":
                 self._learn(outcome.peer)
                 node = self.config.node
-                for p, (seq, ts) in zip(batch, outcome.assigned, strict=True):
-                    p.entry = Entry(f"{node}:{seq}", node, seq, ts, p.msg, p.fields)
+                for p, assigned in zip(batch, outcome.assigned, strict=True):
+                    p.entry = entry_of(node, assigned, p.msg, p.fields)  # dedupe: maybe known
             elif outcome.kind == "orphan":
                 self.group_stats["orphans"] += 1
                 for p, assigned in zip(batch, outcome.assigned, strict=True):
-                    p.orphan = assigned
+                    p.orphan = (assigned[0], assigned[1])  # dedupe: a known one's (seq, ts)
                 self._commit(batch)
             else:
                 kind, text = outcome.error or ("lock_timeout", "")
@@ -769,29 +784,39 @@ class TwinLog:
         total = len(fresh) + sum(len(f.items) for f in followers)
         stamps = iter(self._clock.next_after(state.max_ts or None, total) if total else ())
         next_seq = self._next_seq()
+        # Idempotency keys, checked here, under the lock, where seqs are assigned (_dedupe.py).
+        keys = self._keys.open(self._local, cfg.node, requests_of(fresh, followers))
         staged = _Staged()
         lines = staged.lines
         last_ts = ""  # of the last line in ``lines``
         for pending in fresh:
+            if keys is not None and keys.answer(pending, staged.own):
+                continue  # its key is logged already: answered with that entry
             last_ts = next(stamps)
             staged.own.append((pending, next_seq, last_ts))
             lines.append(
                 encode_entry(cfg.node, next_seq, last_ts, pending.msg, pending.fields_json)
             )
+            if keys is not None:
+                keys.assign(pending.fields_json, next_seq, last_ts, lines[-1], pending)
             next_seq += 1
         taken: list[Follower] = []
         for follower in followers:
             # Assigned before anything is appended: a follower that gave up is left out.
-            assigned = [(next_seq + i, next(stamps)) for i in range(len(follower.items))]
+            # An item whose key is logged already is assigned that entry, and adds no line.
+            assigned = assign(keys, follower.items, next_seq, stamps)
             if not follower.assign(assigned):
+                if keys is not None:
+                    keys.undo()
                 follower.sock.close()
                 continue
             taken.append(follower)
-            next_seq += len(assigned)
-            last_ts = assigned[-1][1] if assigned else last_ts
+            new = fresh_items(follower.items, assigned)
+            next_seq += len(new)
+            last_ts = new[-1][1][1] if new else last_ts
             lines += [
                 encode_entry(cfg.node, seq, ts, msg, fields_json)
-                for (msg, fields_json), (seq, ts) in zip(follower.items, assigned, strict=True)
+                for (msg, fields_json), (seq, ts) in new
             ]
         followers[:] = taken
         if taken:
@@ -806,6 +831,8 @@ class TwinLog:
                 f"the local log {cfg.log_dir}",
                 "after_local_append",
             )
+            if keys is not None:
+                keys.appended(next_seq - 1)
         return staged
 
     @staticmethod
