@@ -440,9 +440,10 @@ BATCH_BYTES = 1 << 20
 BATCH_WAIT = 0.002
 
 
-def _stdin_batches() -> Iterator[list[tuple[int, str]]]:
+def _stdin_batches(wait: float = BATCH_WAIT) -> Iterator[list[tuple[int, str]]]:
     """Numbered stdin lines, in batches of what has arrived together (a burst from a pipe
-    becomes one commit; a line typed alone is committed at once)."""
+    becomes one commit; a line typed alone is committed at once). Once a line is there, more
+    are waited for ``wait`` seconds at most."""
     raw = getattr(sys.stdin, "buffer", None)
     try:
         fd = raw.fileno() if raw is not None else -1
@@ -462,7 +463,7 @@ def _stdin_batches() -> Iterator[list[tuple[int, str]]]:
         data = os.read(fd, 1 << 16)  # waits for the first bytes of a batch
         eof = not data
         pending += data
-        deadline = time.monotonic() + BATCH_WAIT
+        deadline = time.monotonic() + wait
         while not eof and pending.count(b"\n") < BATCH_LINES and len(pending) < BATCH_BYTES:
             left = deadline - time.monotonic()
             if left <= 0 or not select.select([fd], [], [], left)[0]:
@@ -518,7 +519,8 @@ def _write_stdin(
     if confirm:
         con.print("OK")
         con.out.flush()
-    for batch in _stdin_batches():
+    # A sender that waits for each answer (omprog) sends nothing more meanwhile: don't wait.
+    for batch in _stdin_batches(0.0 if confirm else BATCH_WAIT):
         good: list[tuple[str, dict[str, Any], str | None]] = []
         answers: list[str | None] = []  # per answered line: None (in ``good``) or an error
         for number, line in batch:
