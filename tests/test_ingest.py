@@ -276,3 +276,36 @@ def test_confirm_never_answers_ok_on_a_full_disk(tmp_path: Path, bind_mounts_wor
     finally:
         pair.close()
         run("umount", "-l", os.fspath(root / "a" / "log"))
+
+
+def test_confirm_in_omprog_transactions_commits_at_the_mark(
+    pair: Pair, conf: dict[str, str]
+) -> None:
+    """With useTransactions, lines are answered DEFER_COMMIT and the commit mark OK once the
+    transaction's entries are durable (one commit); a bad line still gets its error."""
+    lines = [
+        "BEGIN TRANSACTION",
+        json.dumps({"msg": "t1", "key": "t1"}),
+        json.dumps({"msg": "t2", "level": "LOUD"}),
+        json.dumps({"msg": "t3", "key": "t3"}),
+        "COMMIT TRANSACTION",
+        json.dumps({"msg": "after"}),
+        "BEGIN TRANSACTION",
+        json.dumps({"msg": "t1", "key": "t1"}),  # sent again: logged once
+        "COMMIT TRANSACTION",
+    ]
+    proc = _cli(conf["a"], "--json", "--confirm", "-", stdin="\n".join(lines) + "\n")
+    assert proc.stdout.splitlines() == [
+        "OK",
+        "OK",
+        "DEFER_COMMIT",
+        proc.stdout.splitlines()[3],
+        "DEFER_COMMIT",
+        "OK",
+        "OK",
+        "OK",
+        "DEFER_COMMIT",
+        "OK",
+    ]
+    assert proc.stdout.splitlines()[3].startswith("error: line 3 not logged: unknown level")
+    assert [e["msg"] for e in _entries(pair.log_dir("b"))] == ["t1", "t3", "after"]

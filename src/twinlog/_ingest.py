@@ -10,7 +10,13 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["one_line", "parse_json_line"]
+__all__ = ["BEGIN_MARK", "COMMIT_MARK", "Item", "one_line", "parse_json_line"]
+
+#: omprog's transaction marks (its beginTransactionMark and commitTransactionMark defaults).
+BEGIN_MARK = "BEGIN TRANSACTION"
+COMMIT_MARK = "COMMIT TRANSACTION"
+#: What ``TwinLog.write_many`` takes for one line: message, fields and idempotency key.
+Item = tuple[str, dict[str, Any], str | None]
 
 
 def parse_json_line(

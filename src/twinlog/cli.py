@@ -31,7 +31,7 @@ from typing import IO, Any, NoReturn, TextIO
 from twinlog import __version__
 from twinlog._api import TwinLog
 from twinlog._fileops import LOG_FILE, MARKER_FILE
-from twinlog._ingest import one_line, parse_json_line
+from twinlog._ingest import BEGIN_MARK, COMMIT_MARK, Item, one_line, parse_json_line
 from twinlog._levels import canonical_level
 from twinlog._monitor import (
     STATE_NAMES,
@@ -514,18 +514,41 @@ def _write_stdin(
 ) -> int:
     """Log stdin's lines (text, or JSON objects), a commit per batch that arrived together;
     print each entry's id, or with ``confirm`` rsyslog omprog's answers: ``OK`` once ready,
-    then per line ``OK`` once its entry is durable, an error text otherwise."""
+    then per line ``OK`` once its entry is durable, an error text otherwise. In omprog's
+    transactions (``useTransactions``) a line gets ``DEFER_COMMIT`` and the commit mark the
+    ``OK`` once the transaction's entries are durable, in one commit."""
     status = 0
+    transaction: list[Item] | None = None  # lines since omprog's begin mark
     if confirm:
         con.print("OK")
         con.out.flush()
+
+    def commit(items: list[Item]) -> str | None:
+        """None once ``items`` are durable, else the answer to give instead of OK."""
+        nonlocal status
+        try:
+            log.write_many(items)
+        except TwinlogError as exc:  # not durable: say so, and rsyslog sends them again
+            con.error(f"{len(items)} line(s) not logged: {exc}")
+            status = 2
+            return one_line(f"error: not logged: {exc}")
+        return None
+
     # A sender that waits for each answer (omprog) sends nothing more meanwhile: don't wait.
     for batch in _stdin_batches(0.0 if confirm else BATCH_WAIT):
-        good: list[tuple[str, dict[str, Any], str | None]] = []
-        answers: list[str | None] = []  # per answered line: None (in ``good``) or an error
+        good: list[Item] = []
+        answers: list[str | None] = []  # per answered line; None: OK once ``good`` is durable
         for number, line in batch:
             text = line.rstrip("\r\n")
             if not text and not confirm:
+                continue
+            if confirm and text in (BEGIN_MARK, COMMIT_MARK):
+                if text == BEGIN_MARK:
+                    transaction = []
+                    answers.append("OK")
+                else:
+                    answers.append(commit(transaction or []) or "OK")
+                    transaction = None
                 continue
             try:  # each line on its own: a bad one must not reject its batch
                 if not text:
@@ -540,18 +563,17 @@ def _write_stdin(
                 status = 2
                 answers.append(one_line(f"error: line {number} not logged: {exc}"))
                 continue
-            good.append((msg, fields, key))
-            answers.append(None)
+            if transaction is not None:
+                transaction.append((msg, fields, key))
+                answers.append("DEFER_COMMIT")
+            else:
+                good.append((msg, fields, key))
+                answers.append(None)
         if not confirm:
             for entry in log.write_many(good):  # storage failures stop the whole run
                 con.print(entry.id)
         else:
-            failed = None
-            try:
-                log.write_many(good)
-            except TwinlogError as exc:  # not durable: say so, and rsyslog sends them again
-                con.error(f"{len(good)} line(s) not logged: {exc}")
-                status, failed = 2, one_line(f"error: not logged: {exc}")
+            failed = commit(good) if good else None
             for answer in answers:
                 con.print(answer or failed or "OK")
         con.out.flush()
