@@ -31,6 +31,7 @@ ROW_KEYS = (
     "batch.10",
     "batch.100",
     "batch.1000",
+    "rsyslog.omprog",
     "drain.time",
     "drain.rss",
     "read.time",

@@ -20,12 +20,23 @@ from benchmarks._env import Row, can_bind_mount, machine_description
 from benchmarks.batch import run_batches
 from benchmarks.bigdata import run_drain, run_read_verify
 from benchmarks.latency import Series, run_latency, run_overhead, run_probe
+from benchmarks.rsyslog import run_rsyslog
 from benchmarks.seek import run_seek
 from benchmarks.throughput import run_throughput
 
 __all__ = ["format_markdown", "format_text", "main", "run_all"]
 
-SECTIONS = ("single", "overhead", "concurrent", "batch", "drain", "read", "seek", "probe")
+SECTIONS = (
+    "single",
+    "overhead",
+    "concurrent",
+    "batch",
+    "rsyslog",
+    "drain",
+    "read",
+    "seek",
+    "probe",
+)
 
 
 def run_all(
@@ -55,6 +66,9 @@ def run_all(
     if "batch" in sections:
         say(f"write_many() batches: {duration:g} s per row")
         rows += run_batches(base, duration)
+    if "rsyslog" in sections:
+        say(f"rsyslog through omprog into twinlog: {samples} messages, then to a file")
+        rows += run_rsyslog(base, samples)
     if "drain" in sections:
         say(f"drain of {entries:,} cached entries")
         rows += run_drain(base, entries)
