@@ -45,7 +45,7 @@ from twinlog._sync import transfer
 from twinlog._worker import RemoteDir
 from twinlog.clock import HybridClock
 from twinlog.config import Config
-from twinlog.entry import Entry, check_entry, encode_entry, format_ts, id_prefix, parse_key
+from twinlog.entry import Entry, check_entry, encode_entry, format_ts, id_prefix
 from twinlog.exceptions import (
     ConfigError,
     InvalidEntryError,
@@ -945,14 +945,7 @@ class TwinLog:
 
     def _line_of(self, seq: int) -> bytes | None:
         """Our own entry ``seq`` as it is in our log (found from the end: it is recent)."""
-        node = self.config.node
-        for chunk in self._local.iter_origin_after(node, seq - 1):
-            for line in chunk:
-                key = parse_key(line)
-                if key is not None and key[1] == seq:
-                    return line
-            return None
-        return None
+        return self._local.line_of(self.config.node, seq)
 
     def _rotate_and_expire(self, result: ReconcileResult, peer_ok: bool, *, force: bool) -> None:
         cfg = self.config

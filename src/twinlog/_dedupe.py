@@ -153,7 +153,7 @@ class Commit:
         seq = self._window.seq_of(key)
         if seq is None:
             return None
-        line = _own_line(self._store, self._node, seq)
+        line = self._store.line_of(self._node, seq)
         head = None if line is None else parse_key(line)
         return None if line is None or head is None else (seq, head[2], line)
 
@@ -235,14 +235,3 @@ def fresh_items(
 ) -> list[tuple[tuple[str, bytes], tuple[int, str]]]:
     """The items of an assignment that get a new line, each with its ``(seq, ts)``."""
     return [(item, (a[0], a[1])) for item, a in zip(items, assigned, strict=True) if len(a) == 2]
-
-
-def _own_line(store: LogStore, node: str, seq: int) -> bytes | None:
-    """Our own entry ``seq`` as it is in the log (found from the end: it is recent)."""
-    for chunk in store.iter_origin_after(node, seq - 1):
-        for line in chunk:
-            head = parse_key(line)
-            if head is not None and head[1] == seq:
-                return line
-        return None
-    return None

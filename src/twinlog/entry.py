@@ -137,15 +137,20 @@ def check_entry(
 
 def check_key(key: object) -> str:
     """``key`` if it can be an idempotency key: a non-empty string of at most MAX_KEY_BYTES."""
-    if not isinstance(key, str):
-        raise InvalidTypeError(f"key must be str, got {type(key).__name__}")
-    try:
-        size = len(key.encode("utf-8"))
-    except UnicodeEncodeError as exc:
-        raise InvalidEntryError(f"key {_not_text(key, exc)}") from None
+    size = _utf8_size("key", key)
     if not 0 < size <= MAX_KEY_BYTES:
         raise InvalidEntryError(f"key must be 1 to {MAX_KEY_BYTES} bytes, got {size}")
-    return key
+    return key  # type: ignore[return-value]  # _utf8_size checked it is a str
+
+
+def _utf8_size(name: str, text: object) -> int:
+    """The UTF-8 length of ``text``, which must be a str that UTF-8 can encode."""
+    if not isinstance(text, str):
+        raise InvalidTypeError(f"{name} must be str, got {type(text).__name__}")
+    try:
+        return len(text.encode("utf-8"))
+    except UnicodeEncodeError as exc:
+        raise InvalidEntryError(f"{name} {_not_text(text, exc)}") from None
 
 
 def check_message(msg: object, fields: Mapping[str, Any], max_message_bytes: int) -> bytes:
@@ -162,12 +167,7 @@ _RESERVED_BUT_KEY = RESERVED_FIELDS - {"key"}
 def _encode_checked(
     msg: object, fields: Mapping[str, Any], max_message_bytes: int, *, reserved: frozenset[str]
 ) -> bytes:
-    if not isinstance(msg, str):
-        raise InvalidTypeError(f"msg must be str, got {type(msg).__name__}")
-    try:
-        size = len(msg.encode("utf-8"))
-    except UnicodeEncodeError as exc:
-        raise InvalidEntryError(f"msg {_not_text(msg, exc)}") from None
+    size = _utf8_size("msg", msg)
     if size > max_message_bytes:
         raise MessageTooLargeError(
             f"msg is {size} bytes, more than max_message_bytes={max_message_bytes}; {_RAISE_LIMIT}"
