@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -56,7 +57,9 @@ class Rsyslogd:
     def __init__(self, work: Path, extra: str) -> None:
         self.work = work
         self.spool = work / "spool"  # rsyslog's work directory: the disk queue lives here
-        self.socket = work / "log.sock"
+        # A unix socket's path has at most 107 bytes: not under a deep temporary directory.
+        self._socket_dir = Path(tempfile.mkdtemp(prefix="twinlog-rsyslogd-"))
+        self.socket = self._socket_dir / "log.sock"
         self.pidfile = work / "rsyslogd.pid"
         self.conf = work / "rsyslog.conf"
         self.own_log = work / "rsyslogd.log"
@@ -138,3 +141,4 @@ class Rsyslogd:
 
     def __exit__(self, *exc: object) -> None:
         self.stop(timeout=10)
+        shutil.rmtree(self._socket_dir, ignore_errors=True)
