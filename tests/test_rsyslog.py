@@ -211,3 +211,35 @@ def test_a_full_disk_is_never_confirmed_and_rsyslog_sends_again(
         sock.close()
         pair.close()
         run("umount", "-l", os.fspath(small))
+
+
+def test_an_oversized_message_is_never_confirmed_and_lands_once_allowed(
+    pair: Pair, tmp_path: Path
+) -> None:
+    """twinlog refuses a message over max_message_bytes: it is answered with an error, never
+    OK, so rsyslog keeps it (and what came after it) and sends it again. Once the limit is
+    raised and omprog's twinlog restarted, it lands, once, and the rest after it."""
+    conf = write_toml(
+        tmp_path / "twinlog-a.toml", {**pair.config_dict("a"), "max_message_bytes": 200}
+    )
+    with (
+        socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock,
+        Rsyslogd(tmp_path / "rsyslog", render_contrib(conf)) as rsyslogd,
+    ):
+        rsyslogd.start()
+        _send(sock, rsyslogd.socket, "small before")
+        _wait("the first message", lambda: len(log_lines(pair.log_dir("b"))) == 1, 30, rsyslogd)
+        _send(sock, rsyslogd.socket, "big " + "x" * 300)
+        _send(sock, rsyslogd.socket, "small after")
+        assert _count_when_quiet(pair.log_dir("b"), quiet=3.0, timeout=30) == 1
+        write_toml(conf, {**pair.config_dict("a"), "max_message_bytes": 1000})
+        assert rsyslogd.proc is not None
+        children = subprocess.run(
+            ["pgrep", "-P", str(rsyslogd.proc.pid)], capture_output=True, text=True, check=False
+        ).stdout.split()
+        assert len(children) == 1, children  # omprog's twinlog
+        os.kill(int(children[0]), 9)
+        _wait("the rest", lambda: len(log_lines(pair.log_dir("b"))) >= 3, 60, rsyslogd)
+        assert _count_when_quiet(pair.log_dir("b"), quiet=1.0, timeout=30) == 3
+    msgs = [str(e["msg"]) for e in _entries(pair.log_dir("b"))]
+    assert msgs == ["small before", "big " + "x" * 300, "small after"]
