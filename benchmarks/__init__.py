@@ -31,6 +31,7 @@ ROW_KEYS = (
     "batch.10",
     "batch.100",
     "batch.1000",
+    "rsyslog.omprog",
     "fast.one_trip.disk",
     "fast.identity_memo.disk",
     "fast.alone.disk",

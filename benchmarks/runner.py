@@ -21,6 +21,7 @@ from benchmarks.batch import run_batches
 from benchmarks.bigdata import run_drain, run_read_verify
 from benchmarks.fastpaths import run_fastpaths
 from benchmarks.latency import Series, run_latency, run_overhead, run_probe
+from benchmarks.rsyslog import run_rsyslog
 from benchmarks.seek import run_seek
 from benchmarks.throughput import run_throughput
 
@@ -32,6 +33,7 @@ SECTIONS = (
     "concurrent",
     "batch",
     "fastpaths",
+    "rsyslog",
     "drain",
     "read",
     "seek",
@@ -69,6 +71,9 @@ def run_all(
     if "fastpaths" in sections:
         say(f"fast paths against their plain paths: {samples} writes, {duration:g} s windows")
         rows += run_fastpaths(base, samples, duration, entries)
+    if "rsyslog" in sections:
+        say(f"rsyslog through omprog into twinlog: {samples} messages, then to a file")
+        rows += run_rsyslog(base, samples)
     if "drain" in sections:
         say(f"drain of {entries:,} cached entries")
         rows += run_drain(base, entries)

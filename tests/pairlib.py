@@ -157,7 +157,12 @@ def spawn(
 
 
 def write_through_a_leader(
-    pair: Pair, leader: TwinLog, follower: TwinLog, msg: str, before_commit: Callable[[], None]
+    pair: Pair,
+    leader: TwinLog,
+    follower: TwinLog,
+    msg: str,
+    before_commit: Callable[[], None],
+    **fields: Any,
 ) -> list[str]:
     """``follower.write(msg)`` in a thread, committed by ``leader`` as the group-commit leader
     (one ``_commit`` for it, after ``before_commit``); the ids the write returned."""
@@ -168,7 +173,7 @@ def write_through_a_leader(
     holder = pair.twin(leader.config.node)
     holder._local_ops.lock(1.0)
     done: list[str] = []
-    t = threading.Thread(target=lambda: done.append(follower.write(msg).id))
+    t = threading.Thread(target=lambda: done.append(follower.write(msg, **fields).id))
     t.start()
     deadline = time.monotonic() + 5
     while not lead.pending() and time.monotonic() < deadline:

@@ -28,7 +28,7 @@ from twinlog._repair import RepairResult
 from twinlog._sides import Sides
 from twinlog.clock import HybridClock
 from twinlog.config import Config
-from twinlog.entry import Entry, check_message
+from twinlog.entry import Entry, check_entry
 from twinlog.exceptions import (
     ConfigError,
     InvalidEntryError,
@@ -149,40 +149,53 @@ class TwinLog:
         self.close()
 
     # -- writing ------------------------------------------------------------------------
-    def write(self, msg: str, **fields: Any) -> Entry:
+    def write(self, msg: str, *, key: str | None = None, **fields: Any) -> Entry:
         """Log ``msg`` with optional extra JSON-serialisable fields; return the durable entry.
+
+        ``level`` is a level name or syslog severity 0-7, stored by name (INFO when not given).
+        ``key`` is an idempotency key: if this node logged an entry with it among its last
+        ``dedupe_window`` entries, that entry is returned and nothing new is logged.
 
         Entries written concurrently, by threads of this process or by other processes of this
         node, share one lock hold and one fsync per file (group commit, see ``_election.py``).
         """
-        fields_json = check_message(msg, fields, self.config.max_message_bytes)
-        return self._submit([Pending(msg, fields_json, dict(fields))])[0]
+        fields_json, stored = check_entry(msg, fields, self.config.max_message_bytes, key)
+        return self._submit([Pending(msg, fields_json, stored)])[0]
 
-    def write_many(self, items: Iterable[str | tuple[str, Mapping[str, Any]]]) -> list[Entry]:
-        """Log several entries in one commit; return them, durable, in order (their ids in
-        order, without gaps between them).
+    def write_many(
+        self,
+        items: Iterable[
+            str | tuple[str, Mapping[str, Any]] | tuple[str, Mapping[str, Any], str | None]
+        ],
+    ) -> list[Entry]:
+        """Log several entries in one commit; return them, durable, in order (new ones with
+        their ids in order, without gaps between them).
 
-        Each item is a message, or a ``(msg, fields)`` pair. The promise is ``write()``'s for
-        every entry, and so are the errors; every item is checked before anything is written,
-        and one bad item rejects the whole batch (the error names its index).
+        Each item is a message, a ``(msg, fields)`` pair or a ``(msg, fields, key)`` triple
+        (``key`` as in :meth:`write`: an item whose key is logged already gets that entry).
+        The promise is ``write()``'s for every entry, and so are the errors; every item is
+        checked before anything is written, and one bad item rejects the whole batch (the
+        error names its index).
         """
         pending = []
         for index, item in enumerate(items):
             fields: Mapping[str, Any]
+            key: object = None
             if isinstance(item, str):
                 msg, fields = item, {}
-            elif isinstance(item, tuple) and len(item) == 2 and isinstance(item[1], Mapping):
-                msg, fields = item
+            elif isinstance(item, tuple) and len(item) in (2, 3) and isinstance(item[1], Mapping):
+                msg, fields = item[0], item[1]
+                key = item[2] if len(item) == 3 else None
             else:
                 raise InvalidTypeError(
-                    f"item {index}: expected a message or a (msg, fields) pair, "
-                    f"got {type(item).__name__}"
+                    f"item {index}: expected a message, a (msg, fields) pair or a "
+                    f"(msg, fields, key) triple, got {type(item).__name__}"
                 )
             try:
-                fields_json = check_message(msg, fields, self.config.max_message_bytes)
+                fields_json, stored = check_entry(msg, fields, self.config.max_message_bytes, key)
             except (InvalidEntryError, InvalidTypeError) as exc:
                 raise type(exc)(f"item {index}: {exc}") from None
-            pending.append(Pending(msg, fields_json, dict(fields)))
+            pending.append(Pending(msg, fields_json, stored))
         return self._submit(pending)
 
     def _submit(self, pending: list[Pending]) -> list[Entry]:

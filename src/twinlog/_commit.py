@@ -14,16 +14,18 @@ all, it keeps the lock and the drains run then (they deliver our lines from our 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from twinlog import _failpoints
+from twinlog._dedupe import KeyLookup, assign, fresh_items, requests_of
 from twinlog._fileops import NO_LOOK, Allowed, Look
 from twinlog._group import Follower, Leadership
 from twinlog._history import Conflict
 from twinlog._repair import RepairResult, finish_with_peer, rebuild, switch
 from twinlog._sides import Drained, Sides
-from twinlog.entry import Entry, encode_entry, id_prefix, parse_key
+from twinlog.entry import Entry, encode_entry, id_prefix
 from twinlog.exceptions import PeerError, StorageError, on_local_disk
 
 __all__ = ["Commit", "Pending", "ReconcileResult", "Stats", "repair"]
@@ -49,6 +51,7 @@ class Staged:
     lines: list[bytes] = field(default_factory=list)
     mark: tuple[str, int, str] | None = None  # (node, seq, ts) of the last line
     own: list[tuple[Pending, int, str]] = field(default_factory=list)  # ours, not followers'
+    keys: KeyLookup | None = None  # this commit's idempotency-key lookups, if any has a key
 
 
 @dataclass
@@ -198,6 +201,8 @@ class Commit:
             local, mark = self.sides.local, staged.mark
             with on_local_disk(f"append to the local log {self.sides.config.log_dir}"):
                 local.append_lines(staged.lines, one_write_per_line=True, mark=mark)
+            if staged.keys is not None and mark is not None:
+                staged.keys.appended(mark[1])
             if _failpoints.ACTIVE:
                 _failpoints.hit("after_local_append")
         return staged
@@ -367,7 +372,8 @@ class Commit:
 # -- staging ------------------------------------------------------------------------------------
 def _assign(sides: Sides, batch: list[Pending], followers: list[Follower]) -> Staged:
     """Seqs and stamps for our fresh entries, then for each follower that still waits (the
-    list is cut down to those that took their assignment); their encoded lines."""
+    list is cut down to those that took their assignment); their encoded lines. An entry whose
+    idempotency key this node logged already gets that entry instead, and adds no line."""
     node = sides.config.node
     state = sides.local.state
     assert state is not None
@@ -376,31 +382,65 @@ def _assign(sides: Sides, batch: list[Pending], followers: list[Follower]) -> St
     total = len(fresh) + sum(len(f.items) for f in followers)
     stamps = iter(sides.clock.next_after(state.max_ts or None, total) if total else ())
     next_seq = _next_seq(sides)
+    # Checked here, under our lock, where seqs are assigned (_dedupe.py).
+    keys = sides.keys.open(sides.local, node, requests_of(fresh, followers))
     staged = Staged()
     last_ts = ""  # of the last line staged
     for pending in fresh:
+        if keys is not None and keys.answer(pending, staged.own):
+            continue  # its key is logged already: answered with that entry
         last_ts = next(stamps)
         staged.own.append((pending, next_seq, last_ts))
         staged.lines.append(encode_entry(node, next_seq, last_ts, pending.msg, pending.fields_json))
+        if keys is not None:
+            keys.assign(pending.fields_json, next_seq, last_ts, staged.lines[-1], pending)
         next_seq += 1
+    next_seq, last_ts = _assign_followers(
+        sides,
+        followers,
+        keys=keys,
+        staged=staged,
+        next_seq=next_seq,
+        stamps=stamps,
+        last=last_ts,
+    )
+    if staged.lines:
+        staged.mark = (node, next_seq - 1, last_ts)
+    staged.keys = keys
+    return staged
+
+
+def _assign_followers(
+    sides: Sides,
+    followers: list[Follower],
+    *,
+    keys: KeyLookup | None,
+    staged: Staged,
+    next_seq: int,
+    stamps: Iterator[str],
+    last: str,
+) -> tuple[int, str]:
+    """Each follower's assignment, before anything is appended: one that gave up is left out
+    (``followers`` is cut down to those that took theirs). Returns the next seq and last ts."""
+    node = sides.config.node
+    last_ts = last
     taken: list[Follower] = []
     for follower in followers:
-        # Assigned before anything is appended: a follower that gave up is left out.
-        assigned = [(next_seq + i, next(stamps)) for i in range(len(follower.items))]
+        assigned = assign(keys, follower.items, next_seq, stamps)
         if not follower.assign(assigned):
+            if keys is not None:
+                keys.undo()
             follower.sock.close()
             continue
         taken.append(follower)
-        next_seq += len(assigned)
-        last_ts = assigned[-1][1] if assigned else last_ts
+        new = fresh_items(follower.items, assigned)
+        next_seq += len(new)
+        last_ts = new[-1][1][1] if new else last_ts
         staged.lines += [
-            encode_entry(node, seq, ts, msg, fields_json)
-            for (msg, fields_json), (seq, ts) in zip(follower.items, assigned, strict=True)
+            encode_entry(node, seq, ts, msg, fields_json) for (msg, fields_json), (seq, ts) in new
         ]
     followers[:] = taken
-    if staged.lines:
-        staged.mark = (node, next_seq - 1, last_ts)
-    return staged
+    return next_seq, last_ts
 
 
 def _next_seq(sides: Sides) -> int:
@@ -436,20 +476,8 @@ def _settle_orphans(sides: Sides, batch: list[Pending]) -> None:
         line = encode_entry(node, seq, ts, pending.msg, pending.fields_json)
         # Its seq in the log is not enough: once the leader was gone, another writer may have
         # taken that seq for its own entry. Only the very line counts.
-        if seq <= mark and _line_of(sides, seq) == line:
+        if seq <= mark and sides.local.line_of(node, seq) == line:
             pending.entry = Entry(f"{node}:{seq}", node, seq, ts, pending.msg, pending.fields)
-
-
-def _line_of(sides: Sides, seq: int) -> bytes | None:
-    """Our own entry ``seq`` as it is in our log (found from the end: it is recent)."""
-    node = sides.config.node
-    for chunk in sides.local.iter_origin_after(node, seq - 1):
-        for line in chunk:
-            key = parse_key(line)
-            if key is not None and key[1] == seq:
-                return line
-        return None
-    return None
 
 
 # -- after the entries --------------------------------------------------------------------------

@@ -8,9 +8,9 @@ import time
 from collections.abc import Callable
 
 from twinlog._commit import Commit, Pending, Stats
+from twinlog._dedupe import entry_of
 from twinlog._group import Leadership, Outcome, follow
 from twinlog._sides import Sides
-from twinlog.entry import Entry
 from twinlog.exceptions import LockTimeoutError, StorageError
 
 __all__ = ["Election"]
@@ -118,12 +118,12 @@ class Election:
         if outcome.kind == "done":
             if outcome.peer is not None:
                 reach.told(*outcome.peer)
-            for p, (seq, ts) in zip(batch, outcome.assigned, strict=True):
-                p.entry = Entry(f"{node}:{seq}", node, seq, ts, p.msg, p.fields)
+            for p, assigned in zip(batch, outcome.assigned, strict=True):
+                p.entry = entry_of(node, assigned, p.msg, p.fields)  # maybe known by its key
         elif outcome.kind == "orphan":
             self.stats.group["orphans"] += 1
             for p, assigned in zip(batch, outcome.assigned, strict=True):
-                p.orphan = assigned
+                p.orphan = (assigned[0], assigned[1])  # a known entry's (seq, ts) too
             Commit(self.sides, self.stats, batch).run()
         else:
             kind, text = outcome.error or ("lock_timeout", "")

@@ -37,15 +37,17 @@ import socket
 import struct
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 __all__ = ["Follower", "Leadership", "Outcome", "follow", "socket_name"]
 
 _CRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 _MAX_MESSAGE = 1 << 24
 
-#: A request: ``(msg, fields_json)`` per entry. An assignment: ``(seq, ts)`` per entry.
+#: A request: ``(msg, fields_json)`` per entry. An assignment: ``(seq, ts)`` per entry, or
+#: ``(seq, ts, line)`` of the entry already logged with the item's idempotency key.
 Items = list[tuple[str, bytes]]
-Assigned = list[tuple[int, str]]
+Assigned = list[tuple[Any, ...]]
 
 
 def socket_name(dev_ino: tuple[int, int]) -> bytes:

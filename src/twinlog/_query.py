@@ -15,6 +15,8 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
+from twinlog._levels import ALIASES as _ALIASES
+from twinlog._levels import DEFAULT_LEVEL, SEVERITY
 from twinlog.entry import Entry, format_ts
 from twinlog.exceptions import InvalidQueryError
 
@@ -28,12 +30,8 @@ __all__ = [
     "parse_time",
 ]
 
-#: Level names from least to most severe (syslog's, with Python's spelling of warning).
-SEVERITY = ("DEBUG", "INFO", "NOTICE", "WARNING", "ERROR", "CRITICAL", "ALERT", "EMERGENCY")
+# One set of levels for writers and readers (see _levels.py); unknown names rank as INFO.
 _RANK = {name: rank for rank, name in enumerate(SEVERITY)}
-_ALIASES = {"WARN": "WARNING", "FATAL": "CRITICAL", "EMERG": "EMERGENCY", "CRIT": "CRITICAL"}
-#: Entries without a level, or with a name not in SEVERITY, rank as this.
-DEFAULT_LEVEL = "INFO"
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _DURATION_RE = re.compile(r"([0-9]+(?:\.[0-9]+)?)([smhdw])")

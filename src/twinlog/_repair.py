@@ -177,8 +177,11 @@ def _relog(
         entry = decode_line(line)
         if entry is None:  # not an entry after all: nothing to re-log
             continue
-        fields = {k: v for k, v in entry.fields.items() if k != "replaces"}
+        fields = {k: v for k, v in entry.fields.items() if k not in ("replaces", "key")}
         fields_json = check_message(entry.msg, fields, _NO_LIMIT)
+        if isinstance(entry.fields.get("key"), str):  # the idempotency key stays in front
+            key_json = b'"key":' + json.dumps(entry.fields["key"], ensure_ascii=False).encode()
+            fields_json = key_json + (b"," + fields_json if fields_json else b"")
         fields_json += (
             (b"," if fields_json else b"") + b'"replaces":' + json.dumps(entry.id).encode()
         )

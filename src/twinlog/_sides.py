@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from twinlog._conflicts import Histories
+from twinlog._dedupe import KeyWindow
 from twinlog._drain import drain_from_peer, drain_to_peer, give_back_peers, take_back_own
 from twinlog._fileops import CACHE_FILE, CHUNK, LOG_FILE, NO_LOOK, READ_ONLY_ERRNOS, DirOps, Look
 from twinlog._locks import LOCK_FILE
@@ -46,13 +47,16 @@ class Sides:
     peer: PeerStore
     histories: Histories
     clock: HybridClock
+    keys: KeyWindow  # the idempotency keys of our latest entries (see _dedupe.py)
 
     @classmethod
     def open(cls, config: Config, local_ops: DirOps, link: PeerLink, clock: HybridClock) -> Sides:
         local = LocalStore(local_ops, config.node, fsync=config.fsync)
         reach = PeerReach(config, link)
         peer = PeerStore(reach.ops, config.peer, fsync=config.fsync)
-        return cls(config, local_ops, local, reach, peer, Histories(local, local_ops, peer), clock)
+        histories = Histories(local, local_ops, peer)
+        keys = KeyWindow(config.dedupe_window)
+        return cls(config, local_ops, local, reach, peer, histories, clock, keys)
 
     def close(self) -> None:
         self.reach.remote.close()

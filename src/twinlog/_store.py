@@ -602,6 +602,17 @@ class LogStore:
                 if picked:
                     yield picked
 
+    def line_of(self, origin: str, seq: int) -> bytes | None:
+        """The line of entry ``seq`` of ``origin`` as it is in the log (found from the end: it
+        is meant for recent entries)."""
+        for chunk in self.iter_origin_after(origin, seq - 1):
+            for line in chunk:
+                key = parse_key(line)
+                if key is not None and key[1] == seq:
+                    return line
+            return None
+        return None
+
     def _find_back(self, name: str, end: int | None, origin: str, after_seq: int) -> int | None:
         """Offset just past the last line of ``origin`` with seq <= after_seq, or None."""
         if end is None:

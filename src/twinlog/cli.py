@@ -31,6 +31,8 @@ from typing import IO, Any, NoReturn, TextIO
 from twinlog import __version__
 from twinlog._api import TwinLog
 from twinlog._fileops import LOG_FILE, MARKER_FILE
+from twinlog._ingest import BEGIN_MARK, COMMIT_MARK, Item, one_line, parse_json_line
+from twinlog._levels import canonical_level
 from twinlog._monitor import (
     STATE_NAMES,
     UNKNOWN,
@@ -48,7 +50,7 @@ from twinlog._read import VerifyResult
 from twinlog._status_text import plural, reason_text, status_details, status_summary
 from twinlog.config import DEFAULT_CONFIG_PATH, Config
 from twinlog.demo import run_demo
-from twinlog.entry import RESERVED_FIELDS, Entry, check_message, decode_line
+from twinlog.entry import RESERVED_FIELDS, Entry, check_entry, decode_line
 from twinlog.exceptions import ConfigError, InvalidQueryError, LockTimeoutError, TwinlogError
 
 __all__ = ["COMMANDS", "Command", "LogFollower", "format_entry", "main", "parse_field"]
@@ -58,7 +60,7 @@ DIR_MODE = 0o750
 FILE_MODE = 0o640
 #: How long ``tail -f`` sleeps when the log has not grown.
 FOLLOW_INTERVAL = 0.25
-LEVELS = ("DEBUG", "INFO", "NOTICE", "WARNING", "ERROR", "CRITICAL")
+LEVELS = SEVERITY
 _LIST_LIMIT = 20  # ids listed per line by ``verify`` before "... and N more"
 
 
@@ -147,12 +149,12 @@ def _line_count(text: str) -> int | None:
 
 
 def _level(text: str) -> str:
-    level = text.upper()
-    if level == "WARN":
-        level = "WARNING"
-    if level not in LEVELS:
-        raise argparse.ArgumentTypeError(f"unknown level {text!r}; use one of {', '.join(LEVELS)}")
-    return level
+    try:
+        return canonical_level(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"unknown level {text!r}; use one of {', '.join(LEVELS)} or a syslog severity 0-7"
+        ) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -380,8 +382,35 @@ def _args_write(parser: argparse.ArgumentParser) -> None:
         "-l",
         "--level",
         type=_level,
-        default="INFO",
-        help=f"entry level: {', '.join(LEVELS)} (any case; default: INFO)",
+        default=None,
+        help=(
+            f"entry level: {', '.join(LEVELS)} (any case) or a syslog severity 0-7 "
+            "(default: INFO; with --json, for lines without a level)"
+        ),
+    )
+    parser.add_argument(
+        "--key",
+        default=None,
+        help=(
+            "idempotency key: if this node logged an entry with this key lately "
+            "(dedupe_window), print that entry's id and log nothing new"
+        ),
+    )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help=(
+            "with '-': one JSON object per line, msg (required), level, key, and other "
+            "members as fields (see docs/ingest.md)"
+        ),
+    )
+    parser.add_argument(
+        "--confirm",
+        action="store_true",
+        help=(
+            "with '-': rsyslog omprog's confirmMessages protocol: OK once ready, then a line "
+            "per input line, OK once that entry is durable, an error text if not"
+        ),
     )
     parser.add_argument(
         "--field",
@@ -402,9 +431,10 @@ BATCH_BYTES = 1 << 20
 BATCH_WAIT = 0.002
 
 
-def _stdin_batches() -> Iterator[list[tuple[int, str]]]:
+def _stdin_batches(wait: float = BATCH_WAIT) -> Iterator[list[tuple[int, str]]]:
     """Numbered stdin lines, in batches of what has arrived together (a burst from a pipe
-    becomes one commit; a line typed alone is committed at once)."""
+    becomes one commit; a line typed alone is committed at once). Once a line is there, more
+    are waited for ``wait`` seconds at most."""
     raw = getattr(sys.stdin, "buffer", None)
     try:
         fd = raw.fileno() if raw is not None else -1
@@ -424,7 +454,7 @@ def _stdin_batches() -> Iterator[list[tuple[int, str]]]:
         data = os.read(fd, 1 << 16)  # waits for the first bytes of a batch
         eof = not data
         pending += data
-        deadline = time.monotonic() + BATCH_WAIT
+        deadline = time.monotonic() + wait
         while not eof and pending.count(b"\n") < BATCH_LINES and len(pending) < BATCH_BYTES:
             left = deadline - time.monotonic()
             if left <= 0 or not select.select([fd], [], [], left)[0]:
@@ -445,39 +475,99 @@ def _stdin_batches() -> Iterator[list[tuple[int, str]]]:
 
 
 def cmd_write(args: argparse.Namespace, con: Console) -> int:
-    fields: dict[str, Any] = {"level": args.level}
+    fields: dict[str, Any] = {} if args.level is None else {"level": args.level}
     for text in args.field:
         key, value = parse_field(text)
         if key in fields:
             raise UsageError(f"--field {text!r}: field {key!r} given twice")
         fields[key] = value
+    if args.message != "-" and (args.json or args.confirm):
+        raise UsageError("--json and --confirm read stdin: give '-' as the message")
+    if args.message == "-" and args.key is not None:
+        raise UsageError("--key names one entry: with '-', give each line a key with --json")
     cfg = load_config(args)
     status = 0
     with TwinLog(cfg) as log:
         if args.message != "-":
-            con.print(log.write(args.message, **fields).id)
+            con.print(log.write(args.message, key=args.key, **fields).id)
         else:
-            for batch in _stdin_batches():
-                good: list[tuple[str, dict[str, Any]]] = []
-                for number, line in batch:
-                    msg = line.rstrip("\r\n")
-                    if not msg:
-                        continue
-                    try:  # each line on its own: a bad one must not reject its batch
-                        check_message(msg, fields, cfg.max_message_bytes)
-                    except (TwinlogError, ValueError, TypeError) as exc:
-                        con.error(f"stdin line {number} not logged: {exc}")
-                        status = 2
-                        continue
-                    good.append((msg, fields))
-                for entry in log.write_many(good):  # storage failures stop the whole run
-                    con.print(entry.id)
-                con.out.flush()
+            status = _write_stdin(log, fields, args.json, args.confirm, con)
         if log.last_reason != "ok":
             con.error(
                 f"note: peer {cfg.peer} not reachable ({reason_text(log.last_reason)}); "
                 "the local cache keeps what it missed until the peer is back"
             )
+    return status
+
+
+def _write_stdin(
+    log: TwinLog, defaults: dict[str, Any], as_json: bool, confirm: bool, con: Console
+) -> int:
+    """Log stdin's lines (text, or JSON objects), a commit per batch that arrived together;
+    print each entry's id, or with ``confirm`` rsyslog omprog's answers: ``OK`` once ready,
+    then per line ``OK`` once its entry is durable, an error text otherwise. In omprog's
+    transactions (``useTransactions``) a line gets ``DEFER_COMMIT`` and the commit mark the
+    ``OK`` once the transaction's entries are durable, in one commit."""
+    status = 0
+    transaction: list[Item] | None = None  # lines since omprog's begin mark
+    if confirm:
+        con.print("OK")
+        con.out.flush()
+
+    def commit(items: list[Item]) -> str | None:
+        """None once ``items`` are durable, else the answer to give instead of OK."""
+        nonlocal status
+        try:
+            log.write_many(items)
+        except TwinlogError as exc:  # not durable: say so, and rsyslog sends them again
+            con.error(f"{len(items)} line(s) not logged: {exc}")
+            status = 2
+            return one_line(f"error: not logged: {exc}")
+        return None
+
+    # A sender that waits for each answer (omprog) sends nothing more meanwhile: don't wait.
+    for batch in _stdin_batches(0.0 if confirm else BATCH_WAIT):
+        good: list[Item] = []
+        answers: list[str | None] = []  # per answered line; None: OK once ``good`` is durable
+        for number, line in batch:
+            text = line.rstrip("\r\n")
+            if not text and not confirm:
+                continue
+            if confirm and text in (BEGIN_MARK, COMMIT_MARK):
+                if text == BEGIN_MARK:
+                    transaction = []
+                    answers.append("OK")
+                else:
+                    answers.append(commit(transaction or []) or "OK")
+                    transaction = None
+                continue
+            try:  # each line on its own: a bad one must not reject its batch
+                if not text:
+                    raise ValueError("an empty line")
+                if as_json:
+                    msg, fields, key = parse_json_line(text, defaults)
+                else:
+                    msg, fields, key = text, defaults, None
+                check_entry(msg, fields, log.config.max_message_bytes, key)
+            except (TwinlogError, ValueError, TypeError) as exc:
+                con.error(f"stdin line {number} not logged: {exc}")
+                status = 2
+                answers.append(one_line(f"error: line {number} not logged: {exc}"))
+                continue
+            if transaction is not None:
+                transaction.append((msg, fields, key))
+                answers.append("DEFER_COMMIT")
+            else:
+                good.append((msg, fields, key))
+                answers.append(None)
+        if not confirm:
+            for entry in log.write_many(good):  # storage failures stop the whole run
+                con.print(entry.id)
+        else:
+            failed = commit(good) if good else None
+            for answer in answers:
+                con.print(answer or failed or "OK")
+        con.out.flush()
     return status
 
 

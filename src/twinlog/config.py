@@ -38,6 +38,9 @@ class Config:
 
     ``group_commit`` lets the processes of this node that write at the same time share one
     lock hold and one fsync per file (one of them commits for all; see ``twinlog._group``).
+
+    ``dedupe_window`` is how many of this node's own latest entries a write's idempotency
+    ``key`` is looked up among (0: keys are stored but never looked up).
     """
 
     node: str
@@ -54,6 +57,7 @@ class Config:
     rotate_bytes: int = 64 * 1024 * 1024
     retain_segments: int | None = None
     retain_days: float | None = None
+    dedupe_window: int = 10_000
 
     def __post_init__(self) -> None:
         for name in ("node", "peer"):
@@ -89,6 +93,7 @@ class Config:
                 raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
         _check_int("max_message_bytes", self.max_message_bytes, 1, MAX_MESSAGE_BYTES_CEILING)
         _check_int("rotate_bytes", self.rotate_bytes, 4096, None)
+        _check_int("dedupe_window", self.dedupe_window, 0, None)
         if self.retain_segments is not None:
             _check_int("retain_segments", self.retain_segments, 1, None)
         if self.retain_days is not None:

@@ -16,6 +16,7 @@ from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from twinlog._levels import DEFAULT_LEVEL, canonical_level
 from twinlog.config import MAX_MESSAGE_BYTES_CEILING
 from twinlog.exceptions import (
     InvalidEntryError,
@@ -29,14 +30,18 @@ __all__ = [
     "Entry",
     "block_heads",
     "block_marks",
+    "check_entry",
     "decode_line",
     "encode_entry",
     "id_prefix",
     "parse_key",
 ]
 
-#: Names an extra field may not take: they identify or order the entry.
-RESERVED_FIELDS = frozenset({"id", "node", "seq", "ts", "msg", "hlc", "origin", "replaces"})
+#: Names an extra field may not take: they identify or order the entry (``key`` is the
+#: idempotency key, given to ``write(key=...)`` and stored as a field).
+RESERVED_FIELDS = frozenset({"id", "node", "seq", "ts", "msg", "hlc", "origin", "replaces", "key"})
+#: The longest idempotency key, in UTF-8 bytes (rsyslog's $uuid has 32).
+MAX_KEY_BYTES = 256
 
 _PREFIX = b'{"id":"'
 _TS_KEY = b'"ts":"'
@@ -112,24 +117,64 @@ class Entry:
         raise AttributeError(name)
 
 
+def check_entry(
+    msg: object, fields: Mapping[str, Any], max_message_bytes: int, key: object = None
+) -> tuple[bytes, dict[str, Any]]:
+    """What ``write()`` stores besides the message: the fields with the level checked (a name
+    or syslog severity, stored by name; INFO when none is given) and the idempotency ``key``
+    in front when there is one; and their JSON tail (see :func:`check_message`)."""
+    if "key" in fields:
+        raise ReservedFieldError("field name(s) key are reserved: pass key= instead")
+    stored: dict[str, Any] = {}
+    if key is not None:
+        stored["key"] = check_key(key)
+    stored["level"] = canonical_level(fields.get("level", DEFAULT_LEVEL))
+    for name, value in fields.items():
+        if name != "level":
+            stored[name] = value
+    return _encode_checked(msg, stored, max_message_bytes, reserved=_RESERVED_BUT_KEY), stored
+
+
+def check_key(key: object) -> str:
+    """``key`` if it can be an idempotency key: a non-empty string of at most MAX_KEY_BYTES."""
+    size = _utf8_size("key", key)
+    if not 0 < size <= MAX_KEY_BYTES:
+        raise InvalidEntryError(f"key must be 1 to {MAX_KEY_BYTES} bytes, got {size}")
+    return key  # type: ignore[return-value]  # _utf8_size checked it is a str
+
+
+def _utf8_size(name: str, text: object) -> int:
+    """The UTF-8 length of ``text``, which must be a str that UTF-8 can encode."""
+    if not isinstance(text, str):
+        raise InvalidTypeError(f"{name} must be str, got {type(text).__name__}")
+    try:
+        return len(text.encode("utf-8"))
+    except UnicodeEncodeError as exc:
+        raise InvalidEntryError(f"{name} {_not_text(text, exc)}") from None
+
+
 def check_message(msg: object, fields: Mapping[str, Any], max_message_bytes: int) -> bytes:
     """Validate a caller's message and extra fields; return the encoded extra-fields JSON tail.
 
     Raises before anything is written, so a rejected entry changes nothing.
     """
-    if not isinstance(msg, str):
-        raise InvalidTypeError(f"msg must be str, got {type(msg).__name__}")
-    try:
-        size = len(msg.encode("utf-8"))
-    except UnicodeEncodeError as exc:
-        raise InvalidEntryError(f"msg {_not_text(msg, exc)}") from None
+    return _encode_checked(msg, fields, max_message_bytes, reserved=RESERVED_FIELDS)
+
+
+_RESERVED_BUT_KEY = RESERVED_FIELDS - {"key"}
+
+
+def _encode_checked(
+    msg: object, fields: Mapping[str, Any], max_message_bytes: int, *, reserved: frozenset[str]
+) -> bytes:
+    size = _utf8_size("msg", msg)
     if size > max_message_bytes:
         raise MessageTooLargeError(
             f"msg is {size} bytes, more than max_message_bytes={max_message_bytes}; {_RAISE_LIMIT}"
         )
-    reserved = sorted(RESERVED_FIELDS.intersection(fields))
-    if reserved:
-        raise ReservedFieldError(f"field name(s) {', '.join(reserved)} are reserved")
+    taken = sorted(reserved.intersection(fields))
+    if taken:
+        raise ReservedFieldError(f"field name(s) {', '.join(taken)} are reserved")
     for key in fields:
         if not isinstance(key, str) or not key:
             raise InvalidEntryError(f"field names must be non-empty strings, got {key!r}")

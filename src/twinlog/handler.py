@@ -28,6 +28,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from twinlog._api import TwinLog
+from twinlog._levels import python_level
 from twinlog.config import Config
 from twinlog.entry import RESERVED_FIELDS
 
@@ -70,7 +71,10 @@ def record_fields(
     """The entry's extra fields for ``record``: level, logger, the record's ``extra=`` and, for
     a structured record, the keys of its ``event`` dict. Names starting with ``_`` are private
     to the logging machinery (structlog's ``_logger``, ``_name``, ``_record``): not stored."""
-    fields: dict[str, Any] = {"level": record.levelname, "logger": record.name}
+    fields: dict[str, Any] = {
+        "level": python_level(record.levelno, record.levelname),
+        "logger": record.name,
+    }
     extra = {
         key: value
         for key, value in [*record.__dict__.items(), *(event or {}).items()]

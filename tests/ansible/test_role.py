@@ -339,6 +339,7 @@ class Node:
             "twinlog_lock_timeout": 25,
             "twinlog_fsync": True,
             "twinlog_prometheus_textfile_dir": "/var/lib/prometheus/node-exporter",
+            "twinlog_rsyslog_enabled": True,
         }
         self.inventory.write_text(
             json.dumps(
@@ -511,6 +512,46 @@ def test_configuration(deployed: tuple[Node, list[Any]]) -> None:
         "fsync": True,
     }
     assert isinstance(config["lock_timeout"], float)
+
+
+SHIPPED_RSYSLOG = REPO / "contrib" / "rsyslog" / "twinlog.conf"
+ROLE_RSYSLOG = ANSIBLE_DIR / "roles/twinlog/templates/rsyslog-twinlog.conf.j2"
+
+
+def test_the_role_renders_the_shipped_rsyslog_configuration() -> None:
+    """With the role's defaults, its template is contrib/rsyslog/twinlog.conf (which
+    tests/test_rsyslog.py runs under a real rsyslogd), after the managed-file comment."""
+    jinja2 = pytest.importorskip("jinja2")
+    environment = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    environment.filters["comment"] = lambda text: f"# {text}"
+    rendered = environment.from_string(ROLE_RSYSLOG.read_text()).render(
+        ansible_managed="Ansible managed",
+        twinlog_user="twinlog",
+        twinlog_group="twinlog",
+        __twinlog_bin="/opt/twinlog/venv/bin/twinlog",
+        __twinlog_config_file="/etc/twinlog/twinlog.toml",
+        twinlog_rsyslog_selector="local5.*",
+    )
+    assert rendered == "# Ansible managed\n" + SHIPPED_RSYSLOG.read_text()
+
+
+def test_rsyslog_configuration(deployed: tuple[Node, list[Any]]) -> None:
+    node, _ = deployed
+    conf = node.path("/etc/rsyslog.d/60-twinlog.conf")
+    assert mode_owner(conf) == (0o644, 0, 0)
+    text = conf.read_text()
+    shipped = SHIPPED_RSYSLOG.read_text()
+    for default, deployed_path in [
+        ("/opt/twinlog/venv/bin/twinlog", node.path("/opt/twinlog/venv/bin/twinlog")),
+        ("/etc/twinlog/twinlog.toml", node.path("/etc/twinlog/twinlog.toml")),
+    ]:
+        shipped = shipped.replace(default, str(deployed_path))
+    assert text.endswith(shipped)
+    header = text[: len(text) - len(shipped)].splitlines()
+    assert header and all(line.startswith("#") for line in header)  # ansible_managed
+    rsyslogd = shutil.which("rsyslogd") or "/usr/sbin/rsyslogd"
+    if os.access(rsyslogd, os.X_OK):
+        run([rsyslogd, "-N1", "-f", conf])
 
 
 def test_virtualenv_runs_the_real_package(deployed: tuple[Node, list[Any]]) -> None:
