@@ -282,7 +282,7 @@ class DirOps:
 
         Nothing has to be drained when there is no ``cache_name``, ``name`` is still the file
         ``known = (offset, inode)`` was read from, and what was added after ``offset`` is whole
-        entry lines that ``allowed`` allows.
+        entry lines that ``allowed`` allows (its plain tuple, as it crosses the worker's pipe).
 
         Returns ``(True, the bytes after offset, new size)`` when appended (and unlocked), or
         ``(False, tail(name, offset, ...), cache exists)`` with the lock still held.

@@ -76,7 +76,9 @@ class RemoteOps:
         fsync included; while the lock is busy, as :meth:`connect_and_look`."""
         stage = [
             ("lock", (None,)),
-            ("append_if_settled", (LOG_FILE, CACHE_FILE, known, allowed, chunks, fsync)),
+            # A plain tuple on the pipe: a NamedTuple pickles by class reference, twice the
+            # bytes and an import lookup in the worker on every write.
+            ("append_if_settled", (LOG_FILE, CACHE_FILE, known, tuple(allowed), chunks, fsync)),
         ]
         results = self.remote.stages([(stage, self.probe)], patience=self.lock_patience)[0]
         done, first, second = results[1]
