@@ -23,9 +23,18 @@ from typing import Any
 from twinlog._store import LogStore
 from twinlog.entry import Entry, decode_line, encode_entry, parse_key
 
-__all__ = ["KeyLookup", "KeyWindow", "assign", "entry_of", "fresh_items", "key_of", "requests_of"]
+__all__ = [
+    "KEY_FIELD",
+    "KeyLookup",
+    "KeyWindow",
+    "assign",
+    "entry_of",
+    "fresh_items",
+    "key_of",
+    "requests_of",
+]
 
-_KEY_FIELD = b'"key":'
+KEY_FIELD = b'"key":'
 _DECODER = json.JSONDecoder()
 
 #: What a group-commit leader sends for an item it did not log because its key was logged
@@ -35,14 +44,14 @@ Known = tuple[int, str, bytes]
 
 def key_of(fields_json: bytes) -> str | None:
     """The idempotency key of a checked request, from its fields JSON (the key comes first)."""
-    if not fields_json.startswith(_KEY_FIELD):
+    if not fields_json.startswith(KEY_FIELD):
         return None
-    value, _end = _DECODER.raw_decode(fields_json[len(_KEY_FIELD) :].decode("utf-8"))
+    value, _end = _DECODER.raw_decode(fields_json[len(KEY_FIELD) :].decode("utf-8"))
     return value if isinstance(value, str) else None
 
 
 def _line_key(line: bytes) -> str | None:
-    if _KEY_FIELD not in line:
+    if KEY_FIELD not in line:
         return None
     entry = decode_line(line)
     if entry is None:
@@ -77,7 +86,7 @@ class KeyWindow:
     def open(self, store: LogStore, node: str, requests: Iterable[bytes]) -> KeyLookup | None:
         """Before seqs are assigned, under the node's lock, with ``store`` refreshed: the lookup
         for this commit, or None when none of ``requests`` (their fields JSON) has a key."""
-        if self.size == 0 or not any(r.startswith(_KEY_FIELD) for r in requests):
+        if self.size == 0 or not any(r.startswith(KEY_FIELD) for r in requests):
             return None
         self._catch_up(store, node)
         return KeyLookup(self, store, node)

@@ -40,6 +40,8 @@ def canonical_level(value: object) -> str:
     """The stored name of ``value``: a level name (any case, or an alias) or a syslog severity
     (0-7, as a number or its digit). Raises :class:`InvalidEntryError` for anything else."""
     if isinstance(value, str):
+        if value in _NAMES:  # the stored form already (the default, "INFO", above all)
+            return value
         name = value.strip().upper()
         name = ALIASES.get(name, name)
         if name in _NAMES:

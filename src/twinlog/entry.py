@@ -125,14 +125,24 @@ def check_entry(
     in front when there is one; and their JSON tail (see :func:`check_message`)."""
     if "key" in fields:
         raise ReservedFieldError("field name(s) key are reserved: pass key= instead")
-    stored: dict[str, Any] = {}
+    level = canonical_level(fields.get("level", DEFAULT_LEVEL))
+    rest = {name: value for name, value in fields.items() if name != "level"}
+    # The level is one of eight ASCII names: spliced in as it is, not run through JSON.
+    parts = [b'"level":"' + level.encode() + b'"']
+    tail = _encode_checked(msg, rest, max_message_bytes, reserved=_RESERVED_BUT_KEY)
+    if tail:
+        parts.append(tail)
+    stored: dict[str, Any] = {"level": level, **rest}
     if key is not None:
-        stored["key"] = check_key(key)
-    stored["level"] = canonical_level(fields.get("level", DEFAULT_LEVEL))
-    for name, value in fields.items():
-        if name != "level":
-            stored[name] = value
-    return _encode_checked(msg, stored, max_message_bytes, reserved=_RESERVED_BUT_KEY), stored
+        stored = {"key": check_key(key), **stored}
+        parts.insert(0, b'"key":' + _FIELDS_ENCODER.encode(key).encode("utf-8"))
+    encoded = b",".join(parts)
+    if len(encoded) > max_message_bytes:
+        raise MessageTooLargeError(
+            f"extra fields are {len(encoded)} bytes, "
+            f"more than max_message_bytes={max_message_bytes}; {_RAISE_LIMIT}"
+        )
+    return encoded, stored
 
 
 def check_key(key: object) -> str:
