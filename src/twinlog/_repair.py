@@ -135,25 +135,13 @@ def rebuild(
                         kept.setdefault(key[1], line)
 
     _append_all(ops, old_lines(), local.fsync)
-    taken = 0
-    for lines in peer.iter_origin_after(origin, first_seq - 1):
-        picked = [line for line in lines if _seq(line) <= peer_mark]
-        _append_all(ops, iter(picked), local.fsync)
-        taken += len(picked)
-        for line in picked:  # the same entry on both sides is not ours to re-log
-            if replaced.get(_seq(line)) == line:
-                del replaced[_seq(line)]
+    taken = _take_peers_copy(ops, peer, conflict, peer_mark, replaced, fsync=local.fsync)
     _append_all(ops, (kept[seq] for seq in sorted(kept)), local.fsync)
     next_seq = max(peer_mark, state.hwm.get(origin, 0)) + 1
     floor = max(state.max_ts, peer_state.max_ts) or None
     new_lines, relogged = _relog(origin, replaced, next_seq, clock.next_after(floor, len(replaced)))
     _append_all(ops, iter(new_lines), local.fsync)
-    archive = ARCHIVE_PREFIX + time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    plan = _Plan(origin, first_seq, archive, moves)
-    ops.replace(JOURNAL_FILE, plan.to_bytes(), True)
-    ops.fsync_dir()
-    if _failpoints.ACTIVE:
-        _failpoints.hit("repair_after_journal")
+    archive = _write_journal(ops, origin, first_seq, moves)
     return RepairResult(
         True,
         "ok",
@@ -164,6 +152,39 @@ def rebuild(
         relogged=relogged,
         archive=archive,
     )
+
+
+def _write_journal(ops: DirOps, origin: str, first_seq: int, moves: list[str]) -> str:
+    """The journal that switches to the new log (durable); the archive directory it names."""
+    archive = ARCHIVE_PREFIX + time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    plan = _Plan(origin, first_seq, archive, moves)
+    ops.replace(JOURNAL_FILE, plan.to_bytes(), True)
+    ops.fsync_dir()
+    if _failpoints.ACTIVE:
+        _failpoints.hit("repair_after_journal")
+    return archive
+
+
+def _take_peers_copy(
+    ops: DirOps,
+    peer: LogStore,
+    conflict: Conflict,
+    peer_mark: int,
+    replaced: dict[int, bytes],
+    *,
+    fsync: bool,
+) -> int:
+    """The peer's entries of the origin from the conflict's first seq to ``peer_mark`` into
+    the new log; those equal to ours leave ``replaced`` (not ours to re-log). How many."""
+    taken = 0
+    for lines in peer.iter_origin_after(conflict.origin, conflict.first_seq - 1):
+        picked = [line for line in lines if _seq(line) <= peer_mark]
+        _append_all(ops, iter(picked), fsync)
+        taken += len(picked)
+        for line in picked:
+            if replaced.get(_seq(line)) == line:
+                del replaced[_seq(line)]
+    return taken
 
 
 def _relog(

@@ -508,67 +508,92 @@ def _write_stdin(
     then per line ``OK`` once its entry is durable, an error text otherwise. In omprog's
     transactions (``useTransactions``) a line gets ``DEFER_COMMIT`` and the commit mark the
     ``OK`` once the transaction's entries are durable, in one commit."""
-    status = 0
-    transaction: list[Item] | None = None  # lines since omprog's begin mark
+    writer = _StdinWriter(log, defaults, as_json, confirm, con)
     if confirm:
         con.print("OK")
         con.out.flush()
-
-    def commit(items: list[Item]) -> str | None:
-        """None once ``items`` are durable, else the answer to give instead of OK."""
-        nonlocal status
-        try:
-            log.write_many(items)
-        except TwinlogError as exc:  # not durable: say so, and rsyslog sends them again
-            con.error(f"{len(items)} line(s) not logged: {exc}")
-            status = 2
-            return one_line(f"error: not logged: {exc}")
-        return None
-
     # A sender that waits for each answer (omprog) sends nothing more meanwhile: don't wait.
     for batch in _stdin_batches(0.0 if confirm else BATCH_WAIT):
+        writer.batch(batch)
+        con.out.flush()
+    return writer.status
+
+
+class _StdinWriter:
+    """The state of one ``twinlog write -``: its exit status and omprog's open transaction."""
+
+    def __init__(
+        self, log: TwinLog, defaults: dict[str, Any], as_json: bool, confirm: bool, con: Console
+    ) -> None:
+        self.log, self.defaults, self.as_json, self.confirm, self.con = (
+            log,
+            defaults,
+            as_json,
+            confirm,
+            con,
+        )
+        self.status = 0
+        self.transaction: list[Item] | None = None  # lines since omprog's begin mark
+
+    def batch(self, batch: list[tuple[int, str]]) -> None:
+        """One commit for the good lines of ``batch``; their ids, or omprog's answers."""
         good: list[Item] = []
         answers: list[str | None] = []  # per answered line; None: OK once ``good`` is durable
         for number, line in batch:
             text = line.rstrip("\r\n")
-            if not text and not confirm:
+            if not text and not self.confirm:
                 continue
-            if confirm and text in (BEGIN_MARK, COMMIT_MARK):
-                if text == BEGIN_MARK:
-                    transaction = []
-                    answers.append("OK")
-                else:
-                    answers.append(commit(transaction or []) or "OK")
-                    transaction = None
+            if self.confirm and text in (BEGIN_MARK, COMMIT_MARK):
+                answers.append(self._mark(text))
                 continue
-            try:  # each line on its own: a bad one must not reject its batch
-                if not text:
-                    raise ValueError("an empty line")
-                if as_json:
-                    msg, fields, key = parse_json_line(text, defaults)
-                else:
-                    msg, fields, key = text, defaults, None
-                check_entry(msg, fields, log.config.max_message_bytes, key)
-            except (TwinlogError, ValueError, TypeError) as exc:
-                con.error(f"stdin line {number} not logged: {exc}")
-                status = 2
-                answers.append(one_line(f"error: line {number} not logged: {exc}"))
-                continue
-            if transaction is not None:
-                transaction.append((msg, fields, key))
-                answers.append("DEFER_COMMIT")
+            answers.append(self._line(number, text, good))
+        if not self.confirm:
+            for entry in self.log.write_many(good):  # storage failures stop the whole run
+                self.con.print(entry.id)
+            return
+        failed = self._commit(good) if good else None
+        for answer in answers:
+            self.con.print(answer or failed or "OK")
+
+    def _mark(self, text: str) -> str:
+        """omprog's transaction marks: begin opens one, commit makes it durable."""
+        if text == BEGIN_MARK:
+            self.transaction = []
+            return "OK"
+        answer = self._commit(self.transaction or []) or "OK"
+        self.transaction = None
+        return answer
+
+    def _line(self, number: int, text: str, good: list[Item]) -> str | None:
+        """Check one line: its error answer, ``DEFER_COMMIT`` in a transaction, or None (it
+        joins ``good``, answered once they are durable)."""
+        try:  # each line on its own: a bad one must not reject its batch
+            if not text:
+                raise ValueError("an empty line")
+            if self.as_json:
+                msg, fields, key = parse_json_line(text, self.defaults)
             else:
-                good.append((msg, fields, key))
-                answers.append(None)
-        if not confirm:
-            for entry in log.write_many(good):  # storage failures stop the whole run
-                con.print(entry.id)
-        else:
-            failed = commit(good) if good else None
-            for answer in answers:
-                con.print(answer or failed or "OK")
-        con.out.flush()
-    return status
+                msg, fields, key = text, self.defaults, None
+            check_entry(msg, fields, self.log.config.max_message_bytes, key)
+        except (TwinlogError, ValueError, TypeError) as exc:
+            self.con.error(f"stdin line {number} not logged: {exc}")
+            self.status = 2
+            return one_line(f"error: line {number} not logged: {exc}")
+        if self.transaction is not None:
+            self.transaction.append((msg, fields, key))
+            return "DEFER_COMMIT"
+        good.append((msg, fields, key))
+        return None
+
+    def _commit(self, items: list[Item]) -> str | None:
+        """None once ``items`` are durable, else the answer to give instead of OK."""
+        try:
+            self.log.write_many(items)
+        except TwinlogError as exc:  # not durable: say so, and rsyslog sends them again
+            self.con.error(f"{len(items)} line(s) not logged: {exc}")
+            self.status = 2
+            return one_line(f"error: not logged: {exc}")
+        return None
 
 
 # -- tail ---------------------------------------------------------------------------------
