@@ -1,20 +1,19 @@
 """Every path that exists for speed, against the plain path it short-cuts, in the same run.
 
+Measured and removed (docs/benchmarks.md has the numbers): the identity memo (a writer skipped
+the peer's identity check while its worker and the mount table stayed the same: 7-9% of a
+write), join-first (a writer that had met company tried to follow before trying to lead:
+-1% to +15% of eight writers' throughput) and the leader's extra round (it committed once more
+for whoever queued during its commit: +9% to +26%).
+
 A fast path stays only if it saves at least 10% of ``write()`` p50 (on disk or on tmpfs) or
 20% of eight-writer throughput; docs/benchmarks.md records each decision. The plain path is the
 same code with one seam replaced on the instance (``make_plain``), so both run side by side:
 
 * ``one_trip``: a write with nothing to drain reaches the peer in one round trip after its
   append (``_reach.PeerReach.one_trip_allowed``); plain: lock and look first, then append.
-* ``identity_memo``: the peer's identity is checked once per worker and mount table
-  (``PeerReach.identity_known``); plain: checked on every contact (both without one_trip,
-  which needs the memo).
 * ``alone``: a writer that finds the node's lock free commits without an election
   (``_election.Election._alone``); plain: every commit elects a leader.
-* ``join_first``: with company about, a writer tries to follow before trying to lead
-  (``Election._join_first``); plain: always try to lead first.
-* ``extra_round``: a leader commits once more for whoever queued during its commit
-  (``_election.EXTRA_ROUNDS``); plain: it leaves after its own, and they elect again.
 * ``counted_drain``: a cache is pushed by the peer's worker copying whole blocks of it
   (``_drain._counted_runs``); plain: this process sends the blocks over the pipe.
 """
@@ -29,23 +28,18 @@ from pathlib import Path
 from benchmarks._env import Row, bench_pair, percentile, run_child, tmpfs
 from benchmarks.latency import MESSAGE
 from benchmarks.throughput import _spec, _Writers
-from twinlog import TwinLog, _election
+from twinlog import TwinLog
 from twinlog._election import CONTENDED_HOLD
 
 __all__ = ["PLAIN", "make_plain", "run_fastpaths"]
 
 KEEP_P50 = 0.10  # a fast path stays if it saves this share of write() p50 ...
 KEEP_THROUGHPUT = 0.20  # ... or raises eight-writer throughput by this share
-EIGHT_WRITER_PATHS = ("alone", "join_first", "extra_round")
+EIGHT_WRITER_PATHS = ("alone",)
 
 
 def _no_one_trip(log: TwinLog) -> None:
     log._sides.reach.one_trip_allowed = lambda: False  # type: ignore[method-assign]
-
-
-def _no_identity_memo(log: TwinLog) -> None:
-    _no_one_trip(log)
-    log._sides.reach.identity_known = lambda: False  # type: ignore[method-assign]
 
 
 def _no_alone(log: TwinLog) -> None:
@@ -53,23 +47,10 @@ def _no_alone(log: TwinLog) -> None:
     log._election._alone = lambda batch: False  # type: ignore[method-assign]
 
 
-def _no_join_first(log: TwinLog) -> None:
-    assert log._election is not None
-    log._election._join_first = lambda: False  # type: ignore[method-assign]
-
-
-def _no_extra_round(log: TwinLog) -> None:
-    # A module constant: the writer child that asks for it has this one instance.
-    _election.EXTRA_ROUNDS = 0
-
-
 #: How each fast path is turned off on one instance.
 PLAIN: dict[str, Callable[[TwinLog], None]] = {
     "one_trip": _no_one_trip,
-    "identity_memo": _no_identity_memo,
     "alone": _no_alone,
-    "join_first": _no_join_first,
-    "extra_round": _no_extra_round,
 }
 
 
@@ -106,16 +87,12 @@ def _where(base: Path, medium: str) -> Iterator[Path]:
 def _latency_rows(base: Path, samples: int) -> list[Row]:
     rows = []
     for medium in ("disk", "tmpfs"):
-        for name, also_plain in (
-            ("one_trip", []),
-            ("identity_memo", ["one_trip"]),
-            ("alone", []),
-        ):
+        for name in ("one_trip", "alone"):
             with (
                 _where(base, medium) as where,
                 bench_pair(where, f"fast-{name}") as pair,
-                make_plain(pair.twin("a"), also_plain) as fast,
-                make_plain(pair.twin("a"), [*also_plain, name]) as plain,
+                pair.twin("a") as fast,
+                make_plain(pair.twin("a"), [name]) as plain,
             ):
                 # Sequential writes of two instances of one node: neither meets company.
                 fast_p50, plain_p50 = _p50_pair(fast, plain, samples)

@@ -281,8 +281,8 @@ def run_overhead(base: Path, samples: int, on_base: Series | None) -> list[Row]:
 
 def _probe_once(log: TwinLog) -> None:
     # What each write() spends before it may touch the peer: the checks without peer I/O
-    # (mount table, stuck workers). The identity check runs only for a new worker or after a
-    # mount change (measured apart).
+    # (mount table, stuck workers). The identity check rides in the request that locks the
+    # peer (measured apart, as a round trip of its own).
     assert log._sides.reach.precheck() is None
 
 
@@ -331,7 +331,8 @@ def run_probe(base: Path, samples: int, write_p50: float) -> list[Row]:
                 lambda: _identity_check(log),
                 samples=min(samples, 500),
                 write_p50=write_p50,
-                note="once per worker and mount-table change, not per write",
+                note="as a round trip of its own; a write sends it as the first stage of "
+                "the request that locks the peer",
             )
         )
         proc = log._sides.reach.remote._proc

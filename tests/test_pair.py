@@ -226,8 +226,9 @@ def test_peer_dir_of_a_stranger(pair: Pair, tmp_path: object) -> None:
 
 @pytest.mark.parametrize("swap_to", ["self", "stranger"])
 def test_identity_is_checked_again_after_the_peer_mount_changes(pair: Pair, swap_to: str) -> None:
-    """A connected writer skips the identity check while its worker and the mount table stay the
-    same; a remount under peer_dir (here: ourselves, or a stranger) must be caught at once."""
+    """A connected writer checks the peer's identity on every contact (its worker may keep the
+    directory open): a remount under peer_dir (here: ourselves, or a stranger) is caught at
+    once."""
     a = pair.twin("a")
     for _ in range(3):
         a.write("before")

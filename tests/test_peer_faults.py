@@ -63,8 +63,8 @@ def test_worker_hung_mid_append_is_bounded_and_exactly_once(pair: Pair, trips: s
         a._sides.reach._one_trip_paused_until = float("inf")
     real_append = getattr(a._sides.reach.ops, name)
 
-    def append_then_hang(*args: object) -> object:
-        result = real_append(*args)  # lands on the peer...
+    def append_then_hang(*args: object, **kwargs: object) -> object:
+        result = real_append(*args, **kwargs)  # lands on the peer...
         os.kill(worker_pid(a), signal.SIGSTOP)  # ...but the answer never comes back
         a._sides.reach.ops._call("stat", "twinlog.log")
         return result

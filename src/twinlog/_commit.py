@@ -6,9 +6,10 @@ finish (hand the entries back). The peer's reach is decided in ``_reach.py``; th
 taken in ``_sides.py``; the drains are ``_drain.py``.
 
 The one fast path that changes the steps' order: a write that expects nothing to drain reaches
-the peer once, after our append (``one_trip``): the worker locks the peer's log, checks that
-nothing but what we expect was added, appends ours and unlocks. If something was added after
-all, it keeps the lock and the drains run then (they deliver our lines from our log).
+the peer once, after our append (``one_trip``): the worker checks the peer's identity, locks
+its log, checks that nothing but what we expect was added, appends ours and unlocks. If
+something was added after all, it keeps the lock and the drains run then (they deliver our
+lines from our log).
 """
 
 from __future__ import annotations
@@ -297,16 +298,15 @@ class Commit:
         """Whether this write may reach the peer in one round trip after our append: a plain
         write (not a group-commit leader's, which takes its followers after the peer's lock
         stage so that those arriving meanwhile join; nor a rotation) that the peer's reach
-        allows, with the peer's log known from the last commit and its identity checked."""
+        allows, with the peer's log known from the last commit."""
         if not self.writing or self.reason is not None or self.rotate or self.lead is not None:
             return False
-        reach, state = self.sides.reach, self.sides.peer.state
+        state = self.sides.peer.state
         return (
-            reach.one_trip_allowed()
+            self.sides.reach.one_trip_allowed()
             and state is not None
             and state.ino is not None
             and not state.torn
-            and reach.identity_known()
         )
 
     def _nothing_to_drain(self) -> bool:
@@ -363,7 +363,9 @@ class Commit:
             others=id_prefix(peer_node),
             most=state.hwm.get(peer_node, 0),
         )
-        look = sides.peer.append_if_settled(staged.lines, staged.mark, allowed)
+        look = sides.peer.append_if_settled(
+            staged.lines, staged.mark, allowed, sides.local_ops.dev_ino()
+        )
         if look is None and _failpoints.ACTIVE:
             _failpoints.hit("after_peer_append")
         return look

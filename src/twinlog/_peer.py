@@ -38,51 +38,55 @@ class RemoteOps:
         self.connect_and_look(expected_node, not_dev_ino, None)
 
     def connect_and_look(
-        self,
-        expected_node: str,
-        not_dev_ino: tuple[int, int],
-        log_offset: int | None,
-        *,
-        check_identity: bool = True,
+        self, expected_node: str, not_dev_ino: tuple[int, int], log_offset: int | None
     ) -> Look:
         """:meth:`connect`, then the log's new bytes from ``log_offset`` and whether the peer has
         a cache (skipped when ``log_offset`` is None), all in one round trip.
 
         Deadlines: the identity check answers within ``probe``; then, while the lock is busy,
         every attempt of the worker must answer within ``io`` (a dead server stops answering, a
-        busy one does not), for at most ``lock_patience`` in all. Without ``check_identity``
-        (this worker already checked this very directory) the lock stage is the first contact
-        and answers within ``probe``.
+        busy one does not), for at most ``lock_patience`` in all.
         """
         locked: list[tuple[str, tuple[Any, ...]]] = [("lock", (None,))]
         if log_offset is not None:
             locked += [("tail", (LOG_FILE, log_offset, CHUNK)), ("stat", (CACHE_FILE,))]
-        stages: list[tuple[list[tuple[str, tuple[Any, ...]]], float]] = [
-            (locked, self.io if check_identity else self.probe)
-        ]
-        if check_identity:
-            stages.insert(0, ([("check_dir", (expected_node, not_dev_ino))], self.probe))
+        stages = [(self._identity(expected_node, not_dev_ino), self.probe), (locked, self.io)]
         results = self.remote.stages(stages, patience=self.lock_patience)[-1]
         if log_offset is None:
             return NO_LOOK
         return Look(results[1], results[2] is not None)
 
     def append_if_settled(
-        self, known: tuple[int, int], allowed: Allowed, chunks: list[bytes], fsync: bool
+        self,
+        expected_node: str,
+        not_dev_ino: tuple[int, int],
+        *,
+        known: tuple[int, int],
+        allowed: Allowed,
+        chunks: list[bytes],
+        fsync: bool,
     ) -> tuple[bool, Any, Any]:
-        """Lock, then :meth:`~twinlog._fileops.DirOps.append_if_settled` on the log, in one
-        round trip: ``(True, new bytes, size)`` appended and unlocked, or ``(False, tail,
-        has_cache)`` locked. The answer must come within ``probe`` (it is the first contact),
-        fsync included; while the lock is busy, as :meth:`connect_and_look`."""
+        """Check the identity, lock, then :meth:`~twinlog._fileops.DirOps.append_if_settled` on
+        the log, in one round trip: ``(True, new bytes, size)`` appended and unlocked, or
+        ``(False, tail, has_cache)`` locked. Each stage must answer within ``probe`` (this is
+        the write's first contact), fsync included; while the lock is busy, as
+        :meth:`connect_and_look`."""
         stage = [
             ("lock", (None,)),
             # A plain tuple on the pipe: a NamedTuple pickles by class reference, twice the
             # bytes and an import lookup in the worker on every write.
             ("append_if_settled", (LOG_FILE, CACHE_FILE, known, tuple(allowed), chunks, fsync)),
         ]
-        results = self.remote.stages([(stage, self.probe)], patience=self.lock_patience)[0]
+        stages = [(self._identity(expected_node, not_dev_ino), self.probe), (stage, self.probe)]
+        results = self.remote.stages(stages, patience=self.lock_patience)[-1]
         done, first, second = results[1]
         return bool(done), first, second
+
+    @staticmethod
+    def _identity(
+        expected_node: str, not_dev_ino: tuple[int, int]
+    ) -> list[tuple[str, tuple[Any, ...]]]:
+        return [("check_dir", (expected_node, not_dev_ino))]
 
     def append_and_release(self, name: str, chunks: list[bytes], fsync: bool) -> int:
         """Append, then unlock, in one round trip (the write path's last peer call)."""

@@ -80,7 +80,14 @@ class PeerOps(Ops, Protocol):
 
     def append_and_release(self, name: str, chunks: list[bytes], fsync: bool) -> int: ...
     def append_if_settled(
-        self, known: tuple[int, int], allowed: Allowed, chunks: list[bytes], fsync: bool
+        self,
+        expected_node: str,
+        not_dev_ino: tuple[int, int],
+        *,
+        known: tuple[int, int],
+        allowed: Allowed,
+        chunks: list[bytes],
+        fsync: bool,
     ) -> tuple[bool, Any, Any]: ...
     def append_from_later(
         self, name: str, src_path: str, offset: int, length: int, fsync: bool
@@ -691,8 +698,10 @@ class PeerStore(LogStore):
         lines: list[bytes],
         mark: tuple[str, int, str],
         allowed: Allowed,
+        not_dev_ino: tuple[int, int],
     ) -> Look | None:
-        """Peer stores: lock, and append our ``lines`` (``mark`` as in :meth:`append_lines`)
+        """Check the directory is this store's node's and not ours (``not_dev_ino``), lock,
+        and append our ``lines`` (``mark`` as in :meth:`append_lines`)
         and unlock if nothing but what ``allowed`` allows was added since :attr:`state` was read
         and there is no cache (see ``DirOps.append_if_settled``): None, and the new bytes and
         ours are accounted. Otherwise the directory stays locked, and this returns the log's
@@ -701,7 +710,12 @@ class PeerStore(LogStore):
         assert state is not None
         assert state.ino is not None
         done, first, second = self.ops.append_if_settled(
-            (state.offset, state.ino), allowed, lines, self.fsync
+            self.node,
+            not_dev_ino,
+            known=(state.offset, state.ino),
+            allowed=allowed,
+            chunks=lines,
+            fsync=self.fsync,
         )
         if not done:
             return Look(first, bool(second))

@@ -45,9 +45,6 @@ class SwitchLink:
     def down(self) -> str | None:
         return "cut" if os.path.lexists(self.flag) else None
 
-    def generation(self) -> int | None:
-        return 0  # peer_dir always names the same directory: its identity never changes
-
 
 def mount_points() -> set[str]:
     """Mount points of this process's namespace (``/proc/self/mounts``, octal escapes decoded)."""
