@@ -37,6 +37,7 @@ ROW_KEYS = (
     "fast.one_trip.tmpfs",
     "fast.alone.tmpfs",
     "fast.alone.eight",
+    "fast.regroup.eight",
     "fast.counted_drain",
     "drain.time",
     "drain.rss",

@@ -2,9 +2,7 @@
 
 Measured and removed (docs/benchmarks.md has the numbers): the identity memo (a writer skipped
 the peer's identity check while its worker and the mount table stayed the same: 7-9% of a
-write), join-first (a writer that had met company tried to follow before trying to lead:
--1% to +15% of eight writers' throughput) and the leader's extra round (it committed once more
-for whoever queued during its commit: +9% to +26%).
+write).
 
 A fast path stays only if it saves at least 10% of ``write()`` p50 (on disk or on tmpfs) or
 20% of eight-writer throughput; docs/benchmarks.md records each decision. The plain path is the
@@ -14,6 +12,11 @@ same code with one seam replaced on the instance (``make_plain``), so both run s
   append (``_reach.PeerReach.one_trip_allowed``); plain: lock and look first, then append.
 * ``alone``: a writer that finds the node's lock free commits without an election
   (``_election.Election._alone``); plain: every commit elects a leader.
+* ``regroup``: two paths that cover for each other, so they are measured together: a writer
+  that met company tries to follow before it tries to lead (``Election._join_first``), and a
+  leader commits once more for whoever queued during its commit (``_election.EXTRA_ROUNDS``).
+  Plain: always try to lead first, and a leader leaves after its own commit. Each alone off
+  costs little (the other re-forms the groups); both off halve eight writers' throughput.
 * ``counted_drain``: a cache is pushed by the peer's worker copying whole blocks of it
   (``_drain._counted_runs``); plain: this process sends the blocks over the pipe.
 """
@@ -28,14 +31,14 @@ from pathlib import Path
 from benchmarks._env import Row, bench_pair, percentile, run_child, tmpfs
 from benchmarks.latency import MESSAGE
 from benchmarks.throughput import _spec, _Writers
-from twinlog import TwinLog
+from twinlog import TwinLog, _election
 from twinlog._election import CONTENDED_HOLD
 
 __all__ = ["PLAIN", "make_plain", "run_fastpaths"]
 
 KEEP_P50 = 0.10  # a fast path stays if it saves this share of write() p50 ...
 KEEP_THROUGHPUT = 0.20  # ... or raises eight-writer throughput by this share
-EIGHT_WRITER_PATHS = ("alone",)
+EIGHT_WRITER_PATHS = ("alone", "regroup")
 
 
 def _no_one_trip(log: TwinLog) -> None:
@@ -47,10 +50,18 @@ def _no_alone(log: TwinLog) -> None:
     log._election._alone = lambda batch: False  # type: ignore[method-assign]
 
 
+def _no_regroup(log: TwinLog) -> None:
+    assert log._election is not None
+    log._election._join_first = lambda: False  # type: ignore[method-assign]
+    # A module constant: the writer child that asks for it has this one instance.
+    _election.EXTRA_ROUNDS = 0
+
+
 #: How each fast path is turned off on one instance.
 PLAIN: dict[str, Callable[[TwinLog], None]] = {
     "one_trip": _no_one_trip,
     "alone": _no_alone,
+    "regroup": _no_regroup,
 }
 
 

@@ -87,7 +87,7 @@ class TwinLog:
         if config.group_commit:
             # Named after the directory we opened (its dev and inode), not its path.
             name = socket_name(local_ops.dev_ino())
-            self._election = Election(self._sides, self._stats, name)
+            self._election = Election(self._sides, self._stats, name, self._take_queue)
         _instances.add(self)
 
     @classmethod

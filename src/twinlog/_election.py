@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable
 
 from twinlog._commit import Commit, Pending, Stats
 from twinlog._dedupe import entry_of
@@ -14,16 +15,21 @@ from twinlog.exceptions import LockTimeoutError, StorageError
 
 __all__ = ["Election"]
 
+EXTRA_ROUNDS = 1  # group commits a leader runs for others after its own
 CONTENDED_HOLD = 1.0  # seconds a process elects (no uncontended commits) after company
 
 
 class Election:
-    """The group-commit policy of one process."""
+    """The group-commit policy of one process. ``take_queue`` hands over what threads of this
+    process queued meanwhile (a leader commits it with its followers')."""
 
-    def __init__(self, sides: Sides, stats: Stats, name: bytes) -> None:
+    def __init__(
+        self, sides: Sides, stats: Stats, name: bytes, take_queue: Callable[[], list[Pending]]
+    ) -> None:
         self.sides = sides
         self.stats = stats
         self.name = name  # of the node's election socket
+        self.take_queue = take_queue
         self._contended_until = 0.0
 
     def commit(self, batch: list[Pending]) -> None:
@@ -32,14 +38,19 @@ class Election:
             return
         give_up = time.monotonic() + self.sides.config.lock_timeout
         items = [(p.msg, p.fields_json) for p in batch]
+        join_first = self._join_first()
         while True:
-            lead = Leadership.try_take(self.name)
-            if lead is not None:
-                self.stats.group["led"] += 1
-                with contextlib.closing(lead):
-                    self._lead(lead, batch)
-                return
+            if not join_first:
+                lead = Leadership.try_take(self.name)
+                if lead is not None:
+                    self.stats.group["led"] += 1
+                    with contextlib.closing(lead):
+                        self._lead(lead, batch)
+                    return
             outcome = follow(self.name, items, max(0.0, give_up - time.monotonic()))
+            if outcome.kind == "retry" and join_first:
+                join_first = False  # nobody leads: try to
+                continue
             self._met_company()
             if outcome.kind == "retry":
                 if time.monotonic() < give_up:
@@ -49,6 +60,11 @@ class Election:
             self.stats.group["followed"] += 1
             self._followed(outcome, batch)
             return
+
+    def _join_first(self) -> bool:
+        """With company about, someone probably leads already: join before trying to lead (a
+        connect instead of a bind that fails, for most writers of a busy node)."""
+        return time.monotonic() < self._contended_until
 
     def _alone(self, batch: list[Pending]) -> bool:
         """Commit ``batch`` alone if the node's lock is free right now: nobody is committing or
@@ -76,9 +92,18 @@ class Election:
         self._contended_until = time.monotonic() + CONTENDED_HOLD
 
     def _lead(self, lead: Leadership, batch: list[Pending]) -> None:
-        """Commit our batch and our followers', then leave: our own write() is not held
-        hostage by a steady stream of others; those still waiting see us go and elect the next
-        leader among themselves (threads of this process queued meanwhile commit next)."""
+        """Commit our batch, then once more for whoever queued meanwhile (followers, and threads
+        of this process). Then leave: our own write() is not held hostage by a steady stream of
+        others; those still waiting see us go and elect the next leader among themselves."""
+        self._commit_as_leader(lead, batch)
+        for _ in range(EXTRA_ROUNDS):
+            queued = self.take_queue()
+            if not (queued or lead.pending()):
+                break
+            with contextlib.suppress(Exception):  # reported to the waiting writers, not to us
+                self._commit_as_leader(lead, queued)
+
+    def _commit_as_leader(self, lead: Leadership, batch: list[Pending]) -> None:
         served = self.stats.group["followers_served"]
         try:
             Commit(self.sides, self.stats, batch, lead=lead).run()

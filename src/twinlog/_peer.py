@@ -43,18 +43,19 @@ class RemoteOps:
         """:meth:`connect`, then the log's new bytes from ``log_offset`` and whether the peer has
         a cache (skipped when ``log_offset`` is None), all in one round trip.
 
-        Deadlines: the identity check answers within ``probe``; then, while the lock is busy,
-        every attempt of the worker must answer within ``io`` (a dead server stops answering, a
-        busy one does not), for at most ``lock_patience`` in all.
+        Deadline: the answer comes within ``probe`` (this is the first contact); while the lock
+        is busy, every attempt of the worker must answer within it (a dead server stops
+        answering, a busy one does not), for at most ``lock_patience`` in all. The identity
+        check is in the same stage as the lock: a stage of its own is one more reply, and a
+        wake-up, on every commit's path.
         """
-        locked: list[tuple[str, tuple[Any, ...]]] = [("lock", (None,))]
+        stage = [*self._identity(expected_node, not_dev_ino), ("lock", (None,))]
         if log_offset is not None:
-            locked += [("tail", (LOG_FILE, log_offset, CHUNK)), ("stat", (CACHE_FILE,))]
-        stages = [(self._identity(expected_node, not_dev_ino), self.probe), (locked, self.io)]
-        results = self.remote.stages(stages, patience=self.lock_patience)[-1]
+            stage += [("tail", (LOG_FILE, log_offset, CHUNK)), ("stat", (CACHE_FILE,))]
+        results = self.remote.stages([(stage, self.probe)], patience=self.lock_patience)[0]
         if log_offset is None:
             return NO_LOOK
-        return Look(results[1], results[2] is not None)
+        return Look(results[2], results[3] is not None)
 
     def append_if_settled(
         self,
@@ -68,18 +69,18 @@ class RemoteOps:
     ) -> tuple[bool, Any, Any]:
         """Check the identity, lock, then :meth:`~twinlog._fileops.DirOps.append_if_settled` on
         the log, in one round trip: ``(True, new bytes, size)`` appended and unlocked, or
-        ``(False, tail, has_cache)`` locked. Each stage must answer within ``probe`` (this is
-        the write's first contact), fsync included; while the lock is busy, as
+        ``(False, tail, has_cache)`` locked. The answer must come within ``probe`` (this is the
+        write's first contact), fsync included; while the lock is busy, as
         :meth:`connect_and_look`."""
         stage = [
+            *self._identity(expected_node, not_dev_ino),
             ("lock", (None,)),
             # A plain tuple on the pipe: a NamedTuple pickles by class reference, twice the
             # bytes and an import lookup in the worker on every write.
             ("append_if_settled", (LOG_FILE, CACHE_FILE, known, tuple(allowed), chunks, fsync)),
         ]
-        stages = [(self._identity(expected_node, not_dev_ino), self.probe), (stage, self.probe)]
-        results = self.remote.stages(stages, patience=self.lock_patience)[-1]
-        done, first, second = results[1]
+        results = self.remote.stages([(stage, self.probe)], patience=self.lock_patience)[0]
+        done, first, second = results[2]
         return bool(done), first, second
 
     @staticmethod

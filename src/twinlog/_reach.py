@@ -122,8 +122,8 @@ class PeerReach:
     # -- contact ------------------------------------------------------------------------------
     def look(self, not_dev_ino: tuple[int, int], log_offset: int) -> Look:
         """Check the peer's identity (its marker names the peer; not ourselves), lock it and
-        look at its log's tail (from ``log_offset``) and cache, in one round trip: the check
-        within the ``probe`` deadline, the lock stage within ``io``. The identity is checked on
+        look at its log's tail (from ``log_offset``) and cache, in one round trip within the
+        ``probe`` deadline (see ``RemoteOps.connect_and_look``). The identity is checked on
         every contact: remembering it saved under 10% of a write (docs/benchmarks.md)."""
         return self.ops.connect_and_look(self.config.peer, not_dev_ino, log_offset)
 
