@@ -80,6 +80,8 @@ class DirOps:
         self.path = path
         self._lock_kind = lock_kind
         self._dir_fd: int | None = None
+        # (dev, ino, node) of the open directory whose identity marker check_dir last read.
+        self._marker_read: tuple[int, int, str] | None = None
         self._lock: PosixLock | OfdLock | None = None
         self._create_lock_file = False
         # Files in ``keep_open`` stay open between appends (our own directory: one stat per
@@ -134,10 +136,25 @@ class DirOps:
         return "ok"
 
     def check_dir(self, expected_node: str, not_dev_ino: tuple[int, int] | None) -> None:
-        """:meth:`open_dir`, raising IdentityError unless the directory is the expected node's."""
+        """:meth:`open_dir`, raising IdentityError unless the directory is the expected node's.
+
+        Run on every contact with the peer. While the path still names the very directory
+        whose marker was read last (a stat of the path: a remount or a replaced directory
+        changes it), the marker is not read again: three more calls through the mount each
+        time, and over NFS as many round trips to the server."""
+        st: os.stat_result | None = None
+        if self._dir_fd is not None and self._marker_read is not None:
+            with contextlib.suppress(OSError):
+                st = os.stat(self.path)
+        if st is not None and (st.st_dev, st.st_ino, expected_node) == self._marker_read:
+            return  # the directory checked last time (never our own: its marker names the peer)
+        self._marker_read = None
         reason = self.open_dir(expected_node, not_dev_ino, False)
         if reason != "ok":
             raise IdentityError(f"{reason}: {self.path}")
+        assert self._dir_fd is not None
+        opened = os.fstat(self._dir_fd)
+        self._marker_read = (opened.st_dev, opened.st_ino, expected_node)
 
     def tail(self, name: str, offset: int, limit: int) -> tuple[int, int, bytes] | None:
         """``(size, inode, bytes from offset)`` of a file in one call; None when missing.
@@ -175,6 +192,7 @@ class DirOps:
         self._lock = None
         for name in list(self._open_files):
             self.forget(name)
+        self._marker_read = None
         if self._dir_fd is not None:
             with contextlib.suppress(OSError):
                 os.close(self._dir_fd)
