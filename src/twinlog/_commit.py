@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from twinlog import _failpoints
-from twinlog._dedupe import KEY_FIELD, KeyLookup, assign, fresh_items, requests_of
+from twinlog._dedupe import KeyLookup, assign, fresh_items
 from twinlog._fileops import NO_LOOK, Allowed, Look
 from twinlog._group import Follower, Leadership
 from twinlog._history import Conflict
@@ -384,11 +384,8 @@ def _assign(sides: Sides, batch: list[Pending], followers: list[Follower]) -> St
     total = len(fresh) + sum(len(f.items) for f in followers)
     stamps = iter(sides.clock.next_after(state.max_ts or None, total) if total else ())
     next_seq = _next_seq(sides)
-    # Checked here, under our lock, where seqs are assigned (_dedupe.py); a commit of our
-    # own entries without keys (most) skips the lookup without building it.
-    keys = None
-    if followers or any(p.fields_json.startswith(KEY_FIELD) for p in fresh):
-        keys = sides.keys.open(sides.local, node, requests_of(fresh, followers))
+    # Checked here, under our lock, where seqs are assigned (_dedupe.py).
+    keys = sides.keys.open(sides.local, node, fresh, followers)
     staged = Staged()
     last_ts = ""  # of the last line staged
     for pending in fresh:

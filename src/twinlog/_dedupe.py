@@ -24,14 +24,12 @@ from twinlog._store import LogStore
 from twinlog.entry import Entry, decode_line, encode_entry, parse_key
 
 __all__ = [
-    "KEY_FIELD",
     "KeyLookup",
     "KeyWindow",
     "assign",
     "entry_of",
     "fresh_items",
     "key_of",
-    "requests_of",
 ]
 
 KEY_FIELD = b'"key":'
@@ -83,10 +81,13 @@ class KeyWindow:
         #: Own lines read to keep the window (for the tests and the benchmark notes).
         self.lines_read = 0
 
-    def open(self, store: LogStore, node: str, requests: Iterable[bytes]) -> KeyLookup | None:
+    def open(
+        self, store: LogStore, node: str, pending: Iterable[Any], followers: Iterable[Any]
+    ) -> KeyLookup | None:
         """Before seqs are assigned, under the node's lock, with ``store`` refreshed: the lookup
-        for this commit, or None when none of ``requests`` (their fields JSON) has a key."""
-        if self.size == 0 or not any(r.startswith(KEY_FIELD) for r in requests):
+        for this commit, or None when no request of it (our ``pending`` entries, each
+        follower's items) has a key: most commits, which then build nothing."""
+        if self.size == 0 or not _any_key(pending, followers):
             return None
         self._catch_up(store, node)
         return KeyLookup(self, store, node)
@@ -221,13 +222,16 @@ class KeyLookup:
         self._window.appended(self.keyed, last_seq)
 
 
-def requests_of(pending: Iterable[Any], followers: Iterable[Any]) -> Iterator[bytes]:
-    """The fields JSON of every request of a commit: ours, then each follower's items."""
+def _any_key(pending: Iterable[Any], followers: Iterable[Any]) -> bool:
+    """Whether a request of a commit (its fields JSON: the key comes first) has a key."""
     for p in pending:
-        yield p.fields_json
+        if p.fields_json.startswith(KEY_FIELD):
+            return True
     for follower in followers:
         for _msg, fields_json in follower.items:
-            yield fields_json
+            if fields_json.startswith(KEY_FIELD):
+                return True
+    return False
 
 
 def assign(
