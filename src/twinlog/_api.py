@@ -21,7 +21,7 @@ from twinlog._delivery import record_sync
 from twinlog._election import Election
 from twinlog._fileops import CACHE_FILE, LOG_FILE, MARKER_FILE, DirOps
 from twinlog._group import socket_name
-from twinlog._query import TimeBound
+from twinlog._query import Query, TimeBound
 from twinlog._reach import MountLink, PeerLink
 from twinlog._read import VerifyResult
 from twinlog._repair import RepairResult
@@ -32,6 +32,7 @@ from twinlog.entry import Entry, check_entry
 from twinlog.exceptions import (
     ConfigError,
     InvalidEntryError,
+    InvalidQueryError,
     InvalidTypeError,
     NotInitialisedError,
     StorageError,
@@ -263,16 +264,12 @@ class TwinLog:
         A time window, or ``last`` alone, reads only the parts of the log it needs (the
         segment indexes, see ``_seek.py``), not the log from its start.
         """
-        return _inspect.read(
-            self.config,
-            since=since,
-            until=until,
-            level=level,
-            node=node,
-            grep=grep,
-            fields=fields,
-            last=last,
+        query = Query.build(
+            since=since, until=until, level=level, node=node, grep=grep, fields=fields
         )
+        if last is not None and (isinstance(last, bool) or not isinstance(last, int) or last < 0):
+            raise InvalidQueryError(f"last must be a whole number >= 0, got {last!r}")
+        return _inspect.read(self.config, query, last)
 
     def status(self) -> dict[str, Any]:
         """Reachability (and why not), what waits in each cache, the last sequence numbers."""

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import collections
 import os
-import re
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from typing import Any
 
 from twinlog._delivery import last_sync, oldest_undelivered, record_sync, ts_seconds
 from twinlog._fileops import LOG_FILE, DirOps
 from twinlog._history import Conflict, read_conflicts
-from twinlog._query import Query, TimeBound
+from twinlog._query import Query
 from twinlog._read import (
     Seeker,
     VerifyResult,
@@ -27,27 +26,15 @@ from twinlog._sides import Sides
 from twinlog._store import LogStore
 from twinlog.config import Config
 from twinlog.entry import Entry, format_ts
-from twinlog.exceptions import InvalidQueryError, PeerError
+from twinlog.exceptions import PeerError
 from twinlog.probe import REASONS
 
 __all__ = ["read", "status", "verify"]
 
 
-def read(
-    config: Config,
-    *,
-    since: TimeBound | None,
-    until: TimeBound | None,
-    level: str | None,
-    node: str | None,
-    grep: str | re.Pattern[str] | None,
-    fields: Mapping[str, Any] | None,
-    last: int | None,
-) -> Iterator[Entry]:
-    """``TwinLog.read``: this node's log, from a snapshot of its files pinned open."""
-    query = Query.build(since=since, until=until, level=level, node=node, grep=grep, fields=fields)
-    if last is not None and (isinstance(last, bool) or not isinstance(last, int) or last < 0):
-        raise InvalidQueryError(f"last must be a whole number >= 0, got {last!r}")
+def read(config: Config, query: Query, last: int | None) -> Iterator[Entry]:
+    """``TwinLog.read``: this node's log, from a snapshot of its files pinned open; ``last``
+    checked by the caller."""
     origins = [o for o in (config.node, config.peer) if query.node in (None, o)]
     dir_ops = DirOps(os.fspath(config.log_dir))
     dir_ops.open_dir(config.node, None, False)
