@@ -561,7 +561,7 @@ def repair(sides: Sides) -> RepairResult:
             sides.refresh_local()
             with on_local_disk(f"clear the conflict records in {where}"):
                 finish_with_peer(local, ops, peer)
-            histories.local_refreshed_anyway()
+            histories.reread_record()
             histories.forget_comparison()
             sides.drain_both(sides.peer_log_tail(), Drained())
             return result

@@ -37,11 +37,10 @@ class Histories:
         """After our log was refreshed: if it was read afresh (a new process, a replaced log, a
         repair by another process), what is recorded about conflicts may have changed too."""
         if self.local.loads != self._local_loads:
-            self.conflicts = read_conflicts(self.local)
-            self._local_loads = self.local.loads
+            self.reread_record()
 
-    def local_refreshed_anyway(self) -> None:
-        """Re-read our conflict record (a repair just rewrote it)."""
+    def reread_record(self) -> None:
+        """Read our conflict record again (a repair just rewrote it)."""
         self.conflicts = read_conflicts(self.local)
         self._local_loads = self.local.loads
 
