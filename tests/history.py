@@ -6,7 +6,9 @@ which record every acknowledged write with its start and end time), and lets a s
 flip each peer mount between normal, hang (everything or only some requests), EIO, ETIMEDOUT,
 slow, ENOSPC and unmounted, while it SIGKILLs writers at random moments and arms new writers
 with failpoints (``TWINLOG_FAILPOINTS``) so that every point in ``twinlog._failpoints.POINTS`` is
-hit. Then it heals everything, runs one ``reconcile()`` per node and checks (:func:`check_pair`):
+hit; points still unreached after ``duration`` are then driven on purpose (conflicts repaired,
+every writer armed with one of them, the link cut and healed in turn). Then it heals
+everything, runs one ``reconcile()`` per node and checks (:func:`check_pair`):
 
 * every acknowledged entry is in each node's log (active log plus rotated segments) exactly once,
   with the message its writer wrote; no entry at all is there twice;
@@ -693,6 +695,7 @@ class _Run:
         self.fault_until: dict[str, float] = {}
         self.generation = 0
         self.armed: collections.Counter[str] = collections.Counter()
+        self.covering = False  # past ``duration`` with points not yet reached
         self.outcomes = open(workdir / "writers.jsonl", "a", encoding="utf-8")  # noqa: SIM115
 
     # -- writers --------------------------------------------------------------------------
@@ -702,12 +705,12 @@ class _Run:
         name = f"{node}{k}g{self.generation}"
         failpoint: str | None = None
         new_life = bool(self.lives[node]) and time.monotonic() - self.lives[node][-1] < 1.0
-        if new_life and self.rng.random() < 0.5:
+        if new_life and self.rng.random() < 0.5 and not self.covering:
             failpoint = self.rng.choice(DISK_POINTS)
-        elif self.rng.random() < self.cfg.arm_probability:
+        elif self.covering or self.rng.random() < self.cfg.arm_probability:
             # Points not yet reached first, the least armed of them; then any point.
             uncovered = self.report.uncovered_failpoints
-            if uncovered and self.rng.random() < 0.8:
+            if uncovered and (self.covering or self.rng.random() < 0.8):
                 point = min(uncovered, key=lambda p: (self.armed[p], self.rng.random()))
             else:
                 point = self.rng.choice(self.report.failpoints)
@@ -849,6 +852,38 @@ class _Run:
             lasts = min(lasts, self.cfg.max_hang)
         self.fault_until[node] = now + lasts
 
+    def start_covering(self) -> None:
+        """Past ``duration`` with points never reached: from now on every writer is armed with
+        one of them, so the writers not armed so go. A conflicting history is repaired first:
+        nothing of its origin moves until then, and the cache points need things to move."""
+        self.covering = True
+        uncovered = set(self.report.uncovered_failpoints)
+        self.log(f"  covering {sorted(uncovered)}: every new writer armed with one of them")
+        self.nemesis.heal()
+        self.fault_until.clear()
+        self.repair_conflicts()
+        for writer in self.slots.values():
+            if writer is not None and (writer.failpoint or "@").split("@")[0] not in uncovered:
+                self.kill(writer)
+
+    def cover_step(self, now: float) -> None:
+        """The cut-and-heal cycle the cache points need: the pair loses its link for a moment
+        (its writers cache), then the link comes back and the next commit drains the caches.
+        Half the cuts are one-sided; a node's own cache is drained by its own writer only if
+        the peer could not pull it first, which takes a cut on both sides."""
+        if self.fault_until:
+            return  # end_faults heals the cut; the step after next cuts again
+        lasts = self.rng.uniform(0.5, 1.5)
+        nodes = self.rng.sample(NODES, 2 if self.rng.random() < 0.5 else 1)  # healed in order
+        for node in nodes:
+            if self.rng.random() < 0.5:
+                self.nemesis.unmount(node)
+                self.report.faults["cover-unmount"] += 1
+            else:
+                self.nemesis.set_mode(node, "eio")
+                self.report.faults["cover-eio"] += 1
+            self.fault_until[node] = now + lasts
+
     # -- disks ----------------------------------------------------------------------------
     def take_disk(self, node: str, action: str) -> None:
         """``snapshot``: copy the node's directory aside. ``wipe`` (a replaced disk) or
@@ -989,11 +1024,14 @@ class _Run:
                     not cfg.cover_failpoints or not rep.uncovered_failpoints or now >= hard_end
                 ):
                     break
+                uncovered = cfg.cover_failpoints and bool(rep.uncovered_failpoints)
+                if uncovered and now >= end and not self.covering:
+                    self.start_covering()
                 self.reap(now)
                 self.end_faults(now)
                 self.nemesis.check_servers()
                 if now >= next_step:
-                    self.step(now)
+                    (self.cover_step if self.covering else self.step)(now)
                     next_step = now + self.rng.uniform(*cfg.step)
                     rep.max_workers = max(rep.max_workers, count_workers(self.tag))
                 if now >= next_note:
