@@ -2,7 +2,9 @@
 
 A run (:func:`run_history`) sets up two nodes ``a`` and ``b`` whose ``peer_dir`` is a FaultFS mount
 of the other node's ``log_dir``, starts writer processes on both nodes (``history_writer.py``,
-which record every acknowledged write with its start and end time), and lets a seeded *nemesis*
+which record every acknowledged entry with its start and end time; each writer, by the seeded
+draw, calls ``write()``, calls ``write_many()`` with batches of 1 to 50, or is a ``twinlog write
+-`` command fed bursts of lines on stdin), and lets a seeded *nemesis*
 flip each peer mount between normal, hang (everything or only some requests), EIO, ETIMEDOUT,
 slow, ENOSPC and unmounted, while it SIGKILLs writers at random moments and arms new writers
 with failpoints (``TWINLOG_FAILPOINTS``) so that every point in ``twinlog._failpoints.POINTS`` is
@@ -11,11 +13,13 @@ every writer armed with one of them, the link cut and healed in turn). Then it h
 everything, runs one ``reconcile()`` per node and checks (:func:`check_pair`):
 
 * every acknowledged entry is in each node's log (active log plus rotated segments) exactly once,
-  with the message its writer wrote; no entry at all is there twice;
+  with the message its writer wrote; no entry at all is there twice, under one id or under two
+  (every message is written by one call: an unacknowledged entry is there at most once);
 * no torn or unparsable line in any log file;
 * in every log, each origin's entries appear in sequence order without gaps; each writer's
-  acknowledged entries have increasing sequence numbers, and a write acknowledged before another
-  write on the same node started has the smaller sequence number (real-time order);
+  acknowledged entries have increasing sequence numbers, the entries of one ``write_many()``
+  consecutive ones, and an entry acknowledged before another's call on the same node started has
+  the smaller sequence number (real-time order);
 * both logs hold the same entries, ``read()`` is identical on both nodes, ``verify().in_sync``;
 * an unmounted peer mount point never received a file (it is a plain local directory then).
 
@@ -61,6 +65,7 @@ from twinlog._failpoints import POINTS
 from twinlog._fileops import DirOps
 
 __all__ = [
+    "WRITER_KINDS",
     "CheckResult",
     "HistoryConfig",
     "HistoryReport",
@@ -80,6 +85,8 @@ __all__ = [
 ]
 
 WRITER = Path(__file__).with_name("history_writer.py")
+#: How a writer writes (``history_writer.py``): ``write()``, ``write_many()``, ``twinlog write -``.
+WRITER_KINDS = ("write", "write_many", "stdin")
 NODES = ("a", "b")
 WORKER_MARK = "twinlog._worker"
 TAG_ENV = "TWINLOG_HISTORY_TAG"  # marks the processes (writers, their workers) of one run
@@ -98,7 +105,7 @@ WRITER_POINTS = tuple(p for p in POINTS if p not in REPAIR_POINTS)
 
 @dataclass(frozen=True)
 class WriteOp:
-    """One acknowledged ``write()``: which writer, which entry, when (CLOCK_MONOTONIC)."""
+    """One acknowledged entry: which writer, which entry, when (CLOCK_MONOTONIC)."""
 
     writer: str
     node: str
@@ -108,6 +115,7 @@ class WriteOp:
     end: float
     lock_waits: int = 0
     one_trip: bool = False  # its own commit reached the peer in one round trip
+    batch: int | None = None  # write_many: the writer's call that acknowledged it (one commit)
 
     @property
     def seq(self) -> int:
@@ -123,18 +131,26 @@ class WriteOp:
 
 
 def parse_writer_output(writer: str, node: str, text: str) -> tuple[list[WriteOp], list[str]]:
-    """The acknowledged writes and the error lines of one ``history_writer.py`` run."""
+    """The acknowledged entries and the error lines of one ``history_writer.py`` run."""
     acks: list[WriteOp] = []
     errors: list[str] = []
     for line in text.splitlines(keepends=True):
         if not line.endswith("\n"):
             continue  # never acknowledged as far as the history is concerned
         parts = line.split()
-        if parts and parts[0] == "ack" and len(parts) == 7:
-            _, id_, i, start, end, waits, trip = parts
+        if parts and parts[0] == "ack" and len(parts) in (7, 8):
+            _, id_, i, start, end, waits, trip, *batch = parts
             acks.append(
                 WriteOp(
-                    writer, node, id_, int(i), float(start), float(end), int(waits), trip == "1"
+                    writer,
+                    node,
+                    id_,
+                    int(i),
+                    float(start),
+                    float(end),
+                    int(waits),
+                    trip == "1",
+                    int(batch[0]) if batch else None,
                 )
             )
         elif parts and parts[0] == "err":
@@ -203,6 +219,7 @@ class _NodeLog:
     lines: dict[str, bytes] = field(default_factory=dict)
     replaced: dict[str, list[str]] = field(default_factory=dict)  # old id: messages re-logged
     relogged: set[str] = field(default_factory=set)  # ids of entries a repair re-logged
+    by_msg: dict[str, set[str]] = field(default_factory=dict)  # msg: ids, re-logged ones left out
     torn: list[str] = field(default_factory=list)
 
 
@@ -227,6 +244,8 @@ def _read_node_log(log_dir: Path) -> _NodeLog:
             if isinstance(doc.get("replaces"), str):
                 out.replaced.setdefault(doc["replaces"], []).append(msg)
                 out.relogged.add(id_)
+            else:
+                out.by_msg.setdefault(msg, set()).add(id_)
     return out
 
 
@@ -275,7 +294,9 @@ def check_pair(
     for node, log in logs.items():
         result.entries[node] = len(log.ids)
         counts = collections.Counter(log.ids)
-        result.duplicated[node] = sorted(i for i, n in counts.items() if n > 1)
+        # A message is written by one call only: under two ids, a write (or a batch) got in twice.
+        twice = {i for ids in log.by_msg.values() if len(ids) > 1 for i in ids}
+        result.duplicated[node] = sorted({i for i, n in counts.items() if n > 1} | twice)
         result.torn[node] = log.torn
         if result.lost[node]:
             result.problems.append(
@@ -286,6 +307,11 @@ def check_pair(
             result.problems.append(
                 f"{len(result.duplicated[node])} entries more than once in {node}'s log: "
                 f"{result.duplicated[node][:10]}"
+            )
+        if twice:
+            result.problems.append(
+                f"{len(twice)} ids in {node}'s log share a message with another id: "
+                f"{sorted(twice)[:10]}"
             )
         if log.torn:
             result.problems.append(f"torn or bad lines in {node}'s log: {log.torn[:5]}")
@@ -315,10 +341,18 @@ def check_pair(
         by_node[op.node].append(op)
         if not op.id.startswith(op.node + ":"):
             result.problems.append(f"writer {op.writer} on {op.node} got id {op.id}")
+    by_batch: dict[tuple[str, int], list[int]] = collections.defaultdict(list)
     for writer, ops in by_writer.items():
         seqs = [op.seq for op in ops]
         if any(x >= y for x, y in itertools.pairwise(seqs)):
             result.problems.append(f"writer {writer}'s acknowledged seqs not increasing")
+        for op in ops:
+            if op.batch is not None:
+                by_batch[writer, op.batch].append(op.seq)
+    for (writer, batch), seqs in by_batch.items():
+        # One write_many() is one commit: its ids in order, without gaps.
+        if seqs != list(range(seqs[0], seqs[0] + len(seqs))):
+            result.problems.append(f"writer {writer}'s batch {batch} got seqs {seqs[:10]}")
     for node, ops in by_node.items():
         violations = []
         bounds = [*(lives or {}).get(node, []), float("inf")]
@@ -502,6 +536,7 @@ class _Writer:
     out: Path
     failpoint: str | None
     started: float
+    kind: str = "write"
     killed: bool = False
 
 
@@ -527,6 +562,7 @@ class HistoryConfig:
     rotate_bytes: int = 8192
     failpoints: tuple[str, ...] = WRITER_POINTS  # the points writers are armed with
     disks: bool = True  # the nemesis also wipes or rolls back a node's directory
+    writer_kinds: tuple[str, ...] = WRITER_KINDS  # each new writer is one of these, drawn
 
 
 @dataclass
@@ -538,6 +574,12 @@ class HistoryReport:
     writes: int = 0
     write_errors: list[str] = field(default_factory=list)
     writers: int = 0
+    #: per writer kind: processes started, killed at a failpoint, entries acknowledged, and the
+    #: latency of each acknowledged call (write_many: a batch; stdin: a line, fed to its id read)
+    kind_writers: collections.Counter[str] = field(default_factory=collections.Counter)
+    kind_failpoint_crashes: collections.Counter[str] = field(default_factory=collections.Counter)
+    kind_entries: collections.Counter[str] = field(default_factory=collections.Counter)
+    kind_latencies: dict[str, list[float]] = field(default_factory=dict)
     faults: collections.Counter[str] = field(default_factory=collections.Counter)
     random_kills: int = 0
     failpoint_crashes: collections.Counter[str] = field(default_factory=collections.Counter)
@@ -578,7 +620,8 @@ class HistoryReport:
         lat = self.latency_ms()
         return (
             f"seed={self.seed} elapsed={self.elapsed:.0f}s writes={self.writes} "
-            f"writers={self.writers} faults={sum(self.faults.values())} "
+            f"writers={self.writers} by_kind={dict(self.kind_writers)} "
+            f"entries_by_kind={dict(self.kind_entries)} faults={sum(self.faults.values())} "
             f"kills={self.random_kills} failpoint_crashes={sum(self.failpoint_crashes.values())} "
             f"lost={self.check.lost_count} duplicated={self.check.duplicated_count} "
             f"conflicting={self.check.conflicting} disks={dict(self.disk_events)} "
@@ -587,12 +630,25 @@ class HistoryReport:
             f"problems={len(self.all_problems)}"
         )
 
+    def _kind_row(self, kind: str) -> str:
+        lat = self.kind_latencies.get(kind, [])
+        cells = [
+            kind,
+            self.kind_writers[kind],
+            self.kind_failpoint_crashes[kind],
+            self.kind_entries[kind],
+            len(lat),
+            *(f"{1000 * percentile(lat, pct):.1f}" for pct in (50, 99)),
+            f"{1000 * max(lat, default=0.0):.1f}",
+        ]
+        return "| " + " | ".join(map(str, cells)) + " |"
+
     def to_markdown(self) -> str:
         lat = self.latency_ms()
         rows = [
             ("seed", str(self.seed)),
             ("run time", f"{self.elapsed:.0f} s"),
-            ("acknowledged writes", str(self.writes)),
+            ("acknowledged entries (all writer kinds)", str(self.writes)),
             ("entries in each log", ", ".join(f"{n}: {c}" for n, c in self.check.entries.items())),
             ("entries present but never acknowledged", str(self.check.unacked_present)),
             ("**lost**", str(self.check.lost_count)),
@@ -608,9 +664,10 @@ class HistoryReport:
                 f"{len(self.repairs)} ({max(self.check.repaired.values(), default=0)})",
             ),
             ("torn lines", str(sum(len(t) for t in self.check.torn.values()))),
-            ("write() errors", str(len(self.write_errors))),
+            ("writer errors (a call that raised)", str(len(self.write_errors))),
             (
-                "writes committed in one round trip to the peer by their own writer",
+                "write() and write_many() calls committed in one round trip to the peer by "
+                "their own writer",
                 str(self.one_trip_writes),
             ),
             ("writer processes", str(self.writers)),
@@ -625,7 +682,15 @@ class HistoryReport:
         lines = ["| | |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows)]
         lines += [
             "",
-            "Write latency (ms, every acknowledged write, faults included):",
+            "By writer kind (latency per acknowledged call in ms, faults included; a write_many()"
+            " call is a batch of 1-50, a stdin call one line, from fed to its id read):",
+            "",
+            "| writer kind | processes | killed at a failpoint | entries acknowledged | calls "
+            "| p50 | p99 | max |",
+            "|---|---|---|---|---|---|---|---|",
+            *(self._kind_row(kind) for kind in WRITER_KINDS if self.kind_writers[kind]),
+            "",
+            "write() latency (ms, every acknowledged write() call, faults included):",
             "",
             "| p50 | p90 | p99 | p99.9 | max |",
             "|---|---|---|---|---|",
@@ -718,6 +783,7 @@ class _Run:
             # Points passed on every write: die at one of the first few; the others are rarer.
             nth = self.rng.randint(1, 4) if point in _EVERY_WRITE else 1
             failpoint = f"{point}@{nth}"
+        kind = self.rng.choice(self.cfg.writer_kinds)
         out = self.workdir / f"{name}.out"
         with open(out, "wb") as stdout, open(self.workdir / f"{name}.err", "wb") as stderr:
             proc = subprocess.Popen(
@@ -727,13 +793,16 @@ class _Run:
                     json.dumps(self.configs[node].to_dict()),
                     name,
                     str(self.cfg.pace),
+                    kind,
+                    str(self.rng.randrange(1 << 31)),  # its batch sizes
                 ],
                 stdout=stdout,
                 stderr=stderr,
                 env=writer_env(self.tag, failpoint),
             )
-        self.slots[slot] = _Writer(name, node, proc, out, failpoint, time.monotonic())
+        self.slots[slot] = _Writer(name, node, proc, out, failpoint, time.monotonic(), kind)
         self.report.writers += 1
+        self.report.kind_writers[kind] += 1
 
     def reap(self, now: float) -> None:
         for slot, writer in self.slots.items():
@@ -755,6 +824,7 @@ class _Run:
             if code == -signal.SIGKILL and not writer.killed:
                 if writer.failpoint:
                     self.report.failpoint_crashes[writer.failpoint.split("@")[0]] += 1
+                    self.report.kind_failpoint_crashes[writer.kind] += 1
                 else:
                     self.report.writer_failures.append(f"{writer.name}: SIGKILL from nowhere")
             elif code != -signal.SIGKILL:
@@ -1060,12 +1130,17 @@ class _Run:
             got, errors = parse_writer_output(writer.name, writer.node, writer.out.read_text())
             acks += got
             rep.write_errors += errors
+            rep.kind_entries[writer.kind] += len(got)
+            # One call per entry, but a batch's entries share theirs (keyed ~batch: below 0).
+            calls = list({op.i if op.batch is None else ~op.batch: op for op in got}.values())
+            rep.kind_latencies.setdefault(writer.kind, []).extend(op.latency for op in calls)
+            if writer.kind == "write":
+                rep.latencies += [op.latency for op in calls]
+            rep.one_trip_writes += sum(op.one_trip for op in calls)
         rep.writes = len(acks)
-        rep.latencies = [op.latency for op in acks]
         rep.max_lock_wait_threads = max((op.lock_waits for op in acks), default=0)
-        rep.one_trip_writes = sum(op.one_trip for op in acks)
         if rep.write_errors:
-            rep.problems.append(f"{len(rep.write_errors)} write() errors: {rep.write_errors[:5]}")
+            rep.problems.append(f"{len(rep.write_errors)} writer errors: {rep.write_errors[:5]}")
         rep.workers_after_heal = wait_for_no_workers(self.tag, 10.0)
         if rep.workers_after_heal:
             rep.problems.append(f"{rep.workers_after_heal} peer workers still alive after healing")

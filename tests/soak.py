@@ -52,7 +52,8 @@ def render(report: HistoryReport, cfg: HistoryConfig, command: str) -> str:
         command,
         "```",
         "",
-        f"Settings: {cfg.writers_per_node} writers per node, probe_timeout {cfg.probe_timeout} s, "
+        f"Settings: {cfg.writers_per_node} writers per node (each one of "
+        f"{', '.join(cfg.writer_kinds)}, drawn), probe_timeout {cfg.probe_timeout} s, "
         f"io_timeout {cfg.io_timeout} s, lock_timeout {cfg.lock_timeout} s, rotate_bytes "
         f"{cfg.rotate_bytes}, a nemesis step every {cfg.step[0]}-{cfg.step[1]} s, each fault "
         f"lasting {cfg.fault_time[0]}-{cfg.fault_time[1]} s (hangs at most {cfg.max_hang} s), "

@@ -24,6 +24,7 @@ from faultfs import fuse_skip_reason
 from history import (
     TAG_ENV,
     WRITER,
+    WRITER_KINDS,
     HistoryConfig,
     Nemesis,
     WriteOp,
@@ -36,6 +37,7 @@ from history import (
     percentile,
     run_history,
     wait_for_no_workers,
+    writer_env,
 )
 from pairlib import Pair
 from twinlog import TwinLog
@@ -163,12 +165,22 @@ def test_write_latency_and_helpers_bounded_while_peer_hung(
     assert result.ok, result.problems
 
 
-def spawn_writer(pair: Pair, node: str, name: str, out: Path) -> subprocess.Popen[bytes]:
+def spawn_writer(
+    pair: Pair,
+    node: str,
+    name: str,
+    out: Path,
+    *,
+    kind: str = "write",
+    env: dict[str, str] | None = None,
+) -> subprocess.Popen[bytes]:
+    config = json.dumps(pair.config_dict(node))
     with open(out, "wb") as stdout:
         return subprocess.Popen(
-            [sys.executable, os.fspath(WRITER), json.dumps(pair.config_dict(node)), name, "0.002"],
+            [sys.executable, os.fspath(WRITER), config, name, "0.002", kind, "1"],
             stdout=stdout,
             stderr=subprocess.PIPE,
+            env=env,
         )
 
 
@@ -217,6 +229,33 @@ def test_writer_processes_on_both_nodes_with_one_peer_hung(
         assert pair.twin(node).reconcile().peer_reachable
     result = check_pair(pair, acks, {n: pair.config(n) for n in "ab"})
     assert result.ok, result.problems
+
+
+@pytest.mark.parametrize("kind", ["write_many", "stdin"])
+def test_batch_writers_die_at_a_failpoint_and_what_they_acknowledged_is_there(
+    fpair: tuple[Pair, Nemesis], tag: str, tmp_path: Path, kind: str
+) -> None:
+    """A write_many writer and a ``twinlog write -`` writer, armed with a failpoint between the
+    local and the peer append of their third commit, die there by themselves (the command itself,
+    not the process feeding it); every entry they acknowledged before is on both nodes once, in
+    consecutive runs per batch, and the batch they died in is at most once."""
+    pair, _ = fpair
+    out = tmp_path / f"{kind}.out"
+    proc = spawn_writer(pair, "a", "w", out, kind=kind, env=writer_env(tag, "after_local_append@3"))
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == -signal.SIGKILL, err.decode()
+    time.sleep(0.2)  # the stdin writer's feeder records the last ids it read
+    acks, errors = parse_writer_output("w", "a", out.read_text())
+    assert not errors
+    assert acks, "nothing acknowledged before the failpoint"
+    if kind == "write_many":
+        assert {op.batch for op in acks} == {0, 1}
+    wait_for_no_workers(tag, 5.0)
+    for node in "ab":
+        assert pair.twin(node).reconcile().peer_reachable
+    result = check_pair(pair, acks, {n: pair.config(n) for n in "ab"})
+    assert result.ok, result.problems
+    assert result.lost_count == 0 and result.duplicated_count == 0
 
 
 # -- an unmounted peer -------------------------------------------------------------------------
@@ -270,4 +309,5 @@ def test_history_with_nemesis(tmp_path: Path) -> None:
     assert report.ok, f"{replay}\n{report.summary()}\n" + "\n".join(report.all_problems[:20])
     assert report.writes > 500, report.summary()
     assert not report.uncovered_failpoints, f"{replay}: failpoints never reached"
+    assert all(report.kind_entries[kind] for kind in WRITER_KINDS), report.kind_entries
     assert report.check.lost_count == 0 and report.check.duplicated_count == 0
