@@ -258,6 +258,27 @@ def test_batch_writers_die_at_a_failpoint_and_what_they_acknowledged_is_there(
     assert result.lost_count == 0 and result.duplicated_count == 0
 
 
+def test_the_checker_sees_a_batch_with_a_gap_and_a_message_under_two_ids(
+    fpair: tuple[Pair, Nemesis],
+) -> None:
+    """What the batch writers add to the invariants fails when it should: the acknowledged
+    entries of one write_many() must have consecutive seqs, and a message written once must not
+    be in a log under two ids (acknowledged or not)."""
+    pair, _ = fpair
+    with TwinLog(pair.config("a")) as a:
+        start = time.monotonic()
+        entries = a.write_many([("w-0", {}), ("w-1", {}), ("w-2", {})])
+        end = time.monotonic()
+        a.write("w-1")  # the message again, under a fourth id: as if the batch got in twice
+    pair.twin("b").reconcile()
+    acks = [WriteOp("w", "a", e.id, k, start, end, batch=0) for k, e in enumerate(entries)]
+    configs = {n: pair.config(n) for n in "ab"}
+    result = check_pair(pair, [acks[0], acks[2]], configs)
+    assert result.lost_count == 0
+    assert any("batch 0 got seqs [1, 3]" in p for p in result.problems), result.problems
+    assert result.duplicated == {"a": ["a:2", "a:4"], "b": ["a:2", "a:4"]}
+
+
 # -- an unmounted peer -------------------------------------------------------------------------
 
 
