@@ -49,6 +49,7 @@ import tempfile
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 from pairlib import write_toml
@@ -69,53 +70,41 @@ def error_record(i: int, start: float, end: float, exc: Exception) -> bytes:
     return f"err {i} {start:.6f} {end:.6f} {text}\n".encode()
 
 
-def write_one_by_one(config: Config, prefix: str, pace: float) -> None:
+def write_in_calls(
+    config: Config, prefix: str, pace: float, sizes: Callable[[], int] | None
+) -> None:
+    """``write()`` when ``sizes`` is None (one entry per call), else ``write_many()`` with
+    batches of ``sizes()`` entries."""
     out = sys.stdout.fileno()
     with TwinLog(config) as log:
-        i = 0
+        i, call = 0, 0
         while True:
+            size = sizes() if sizes is not None else 1
             trips = log.peer_worker_stats()["one_trip"]
             start = time.monotonic()
             try:
-                entry = log.write(f"{prefix}-{i}", writer=prefix, i=i)
+                if sizes is None:
+                    entries = [log.write(f"{prefix}-{i}", writer=prefix, i=i)]
+                else:
+                    items = [
+                        (f"{prefix}-{k}", {"writer": prefix, "i": k}) for k in range(i, i + size)
+                    ]
+                    entries = log.write_many(items)
             except Exception as exc:
                 os.write(out, error_record(i, start, time.monotonic(), exc))
                 time.sleep(0.05)
             else:
                 end = time.monotonic()
                 one = int(log.peer_worker_stats()["one_trip"] > trips)
-                line = f"ack {entry.id} {i} {start:.6f} {end:.6f} {lock_wait_threads()} {one}\n"
-                os.write(out, line.encode())
-            i += 1
-            if pace > 0:
-                time.sleep(pace)
-
-
-def write_in_batches(config: Config, prefix: str, pace: float, rng: random.Random) -> None:
-    out = sys.stdout.fileno()
-    with TwinLog(config) as log:
-        i, batch = 0, 0
-        while True:
-            size = rng.randint(1, MAX_BATCH)
-            items = [(f"{prefix}-{k}", {"writer": prefix, "i": k}) for k in range(i, i + size)]
-            trips = log.peer_worker_stats()["one_trip"]
-            start = time.monotonic()
-            try:
-                entries = log.write_many(items)
-            except Exception as exc:
-                os.write(out, error_record(i, start, time.monotonic(), exc))
-                time.sleep(0.05)
-            else:
-                end = time.monotonic()
-                one = int(log.peer_worker_stats()["one_trip"] > trips)
-                waits = lock_wait_threads()
+                head = f"{start:.6f} {end:.6f} {lock_wait_threads()} {one}"
+                tail = "" if sizes is None else f" {call}"
                 records = "".join(
-                    f"ack {e.id} {k} {start:.6f} {end:.6f} {waits} {one} {batch}\n"
+                    f"ack {e.id} {k} {head}{tail}\n"
                     for k, e in zip(range(i, i + size), entries, strict=True)
                 )
                 os.write(out, records.encode())
             i += size
-            batch += 1
+            call += 1
             if pace > 0:
                 time.sleep(pace * size)
 
@@ -211,9 +200,9 @@ def main() -> None:
     kind = sys.argv[4] if len(sys.argv) > 4 else "write"
     rng = random.Random(int(sys.argv[5]) if len(sys.argv) > 5 else 0)
     if kind == "write":
-        write_one_by_one(config, prefix, pace)
+        write_in_calls(config, prefix, pace, None)
     elif kind == "write_many":
-        write_in_batches(config, prefix, pace, rng)
+        write_in_calls(config, prefix, pace, lambda: rng.randint(1, MAX_BATCH))
     elif kind == "stdin":
         write_through_stdin(config, prefix, pace, rng)
     else:
