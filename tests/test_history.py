@@ -131,6 +131,39 @@ def test_snapshot_rollback_recovers_from_the_snapshot_seq(pair: Pair, tmp_path: 
 
 
 @pytest.mark.no_mounts
+def test_a_peer_log_made_anew_under_the_same_inode_is_read_afresh(
+    pair: Pair, tmp_path: Path
+) -> None:
+    """b's directory is rolled back by copying the snapshot's files over the live ones (``cp``:
+    each file keeps its inode) and b's log grows past where a's open TwinLog last read it.
+    Same inode, larger size: a must still see another file and deliver what b lost, not take
+    b for the log it read and append after a gap. (The history run found the same after a
+    wipe, when the new log got the freed inode's number: 7,015 entries missing on b.)"""
+    a, b = pair.twin("a"), pair.twin("b")
+    acked = [e.id for e in a.write_many([f"a{i}" for i in range(3)])]
+    b.close()
+    snapshot = tmp_path / "snapshot"
+    shutil.copytree(pair.log_dir("b"), snapshot, ignore=shutil.ignore_patterns("twinlog.lock"))
+    acked += [e.id for e in a.write_many([f"later{i}" for i in range(20)])]  # a keeps its view
+    for path in pair.log_dir("b").iterdir():
+        if path.name != "twinlog.lock" and not (snapshot / path.name).exists():
+            path.unlink()
+    for path in snapshot.iterdir():
+        shutil.copyfile(path, pair.log_dir("b") / path.name)  # in place, as cp does
+    pair.cut("b")  # b writes on its own until its log is longer than a last saw it
+    b = pair.twin("b")
+    while (pair.log_dir("b") / "twinlog.log").stat().st_size < a._sides.peer.read_offset + 100:
+        acked.append(b.write("b alone, " + "x" * 200).id)
+    pair.heal()
+    acked.append(a.write("after the rollback").id)
+    b.reconcile()
+    assert_one_entry_per_id(pair.log_dir("a"), pair.log_dir("b"))
+    assert_converged(pair, acked)
+    a.close()
+    b.close()
+
+
+@pytest.mark.no_mounts
 def test_the_peer_gives_a_node_its_history_back_on_its_own_contact(pair: Pair) -> None:
     """b's disk is replaced: a's next write gives b its own entries back (whichever node
     makes contact first restores the other's history), and b continues after them."""

@@ -22,12 +22,13 @@ from twinlog.entry import encode_entry
 NOTHING_OF_OURS = (b'{"id":"a:', 2, 1, b'{"id":"b:', 2)
 
 
-def _log_of_a1(tmp_path: Path) -> tuple[Path, tuple[int, int]]:
-    """The peer's log holding a:1, and ``known`` as a writer that read it has it."""
+def _log_of_a1(tmp_path: Path) -> tuple[Path, tuple[int, int, bytes]]:
+    """The peer's log holding a:1, and ``known`` as a writer that read it has it (with the
+    last bytes it read, as ``LogState.tail``)."""
     log = tmp_path / "twinlog.log"
     log.write_bytes(_line("a", 1))
     st = log.stat()
-    return log, (st.st_size, st.st_ino)
+    return log, (st.st_size, st.st_ino, _line("a", 1)[-48:])
 
 
 def _line(node: str, seq: int) -> bytes:
@@ -211,7 +212,7 @@ def test_append_if_settled_looks_and_keeps_the_lock_otherwise(
         "twinlog.log", "twinlog.cache", known, NOTHING_OF_OURS, [_line("a", 2)], True
     )
     assert not done and not has_cache
-    assert tail == (len(before), known[1], added)
+    assert tail == (len(before), known[1], known[2] + added)
     assert log.read_bytes() == before
     assert ops._lock.held  # type: ignore[union-attr]
 

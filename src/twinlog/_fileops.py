@@ -290,7 +290,7 @@ class DirOps:
         self,
         name: str,
         cache_name: str,
-        known: tuple[int, int],
+        known: tuple[int, int, bytes],
         allowed: Allowed,
         chunks: list[bytes],
         fsync: bool,
@@ -299,37 +299,46 @@ class DirOps:
         first, else look and keep the lock (the write path's one round trip to the peer).
 
         Nothing has to be drained when there is no ``cache_name``, ``name`` is still the file
-        ``known = (offset, inode)`` was read from, and what was added after ``offset`` is whole
-        entry lines that ``allowed`` allows (its plain tuple, as it crosses the worker's pipe).
+        ``known = (offset, inode, the bytes just before offset)`` was read from (its inode, and
+        those bytes still there: a new file may get a freed inode's number), and what was added
+        after ``offset`` is whole entry lines that ``allowed`` allows (its plain tuple, as it
+        crosses the worker's pipe).
 
         Returns ``(True, the bytes after offset, new size)`` when appended (and unlocked), or
-        ``(False, tail(name, offset, ...), cache exists)`` with the lock still held.
+        ``(False, tail(name, offset - len(those bytes), ...), cache exists)`` with the lock
+        still held (what ``LogStore.refresh_with`` expects from its ``read_offset``).
         """
-        offset, ino = known
+        offset, ino, before = known
+        lead = offset - len(before)
         has_cache = self.stat(cache_name) is not None
         # The size from the descriptor, not from stat(): on NFS, opening revalidates the file's
         # attributes (close-to-open), a stat() may answer from a cache seconds old and miss
         # what the peer's own writers appended since.
         fd, start, now_ino = self._open_append(name)
         size = -1
-        new: bytes | None = None
+        seen: bytes | None = None  # from lead
         try:
             if not has_cache and now_ino == ino and offset <= start <= offset + _SETTLED:
-                new = _pread_all(fd, offset, start - offset)  # no system call when nothing new
-                if len(new) == start - offset and _as_expected(new, allowed):
+                seen = _pread_all(fd, lead, start - lead)
+                new = seen[len(before) :]
+                if (
+                    len(seen) == start - lead
+                    and seen.startswith(before)
+                    and _as_expected(new, allowed)
+                ):
                     size = _write_chunks(fd, start, chunks, fsync)
-            if size < 0 and new is None:
-                # What tail(name, offset, ...) would answer, from the descriptor just opened.
-                new = _pread_all(fd, offset, min(CHUNK, start - offset))
+            if size < 0 and seen is None:
+                # What tail(name, lead, ...) would answer, from the descriptor just opened.
+                seen = _pread_all(fd, lead, max(0, min(CHUNK, start - lead)))
         except BaseException:
             self._abort_append(name, fd, start)
             raise
         self._end_append(name, fd)
-        assert new is not None
+        assert seen is not None
         if size >= 0:
             self.unlock()
-            return (True, new, size)
-        return (False, (start, now_ino, new), has_cache)
+            return (True, seen[len(before) :], size)
+        return (False, (start, now_ino, seen[:CHUNK]), has_cache)
 
     def append_from(self, name: str, src_path: str, offset: int, length: int, fsync: bool) -> int:
         """Append ``length`` bytes of the file ``src_path`` from ``offset``; return the new size,

@@ -62,7 +62,7 @@ class RemoteOps:
         expected_node: str,
         not_dev_ino: tuple[int, int],
         *,
-        known: tuple[int, int],
+        known: tuple[int, int, bytes],
         allowed: Allowed,
         chunks: list[bytes],
         fsync: bool,

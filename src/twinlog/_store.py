@@ -84,7 +84,7 @@ class PeerOps(Ops, Protocol):
         expected_node: str,
         not_dev_ino: tuple[int, int],
         *,
-        known: tuple[int, int],
+        known: tuple[int, int, bytes],
         allowed: Allowed,
         chunks: list[bytes],
         fsync: bool,
@@ -143,8 +143,11 @@ class LogStore:
     # -- learning what the log holds ------------------------------------------------------
     @property
     def read_offset(self) -> int:
-        """Where the next :meth:`refresh` reads from (for a prefetched ``tail``)."""
-        return self.state.offset if self.state else 0
+        """Where the next :meth:`refresh` reads from (for a prefetched ``tail``): the bytes
+        last read before the offset, then what is new. The file's inode and size alone do not
+        say that it is the file read before: a log made anew (a wiped or rolled-back
+        directory) may get the freed inode number and grow past the old offset."""
+        return self.state.offset - len(self.state.tail) if self.state else 0
 
     def refresh(self, *, repair: bool) -> LogState:
         """Bring :attr:`state` up to date with the file; cut a torn tail when ``repair``.
@@ -155,11 +158,17 @@ class LogStore:
         """:meth:`refresh` from ``first``, what ``ops.tail(LOG_FILE, read_offset, CHUNK)``
         answered (fetched together with the peer's lock: one round trip instead of two)."""
         state = self.state
-        if state is None or first is None or first[1] != state.ino or first[0] < state.offset:
+        if (
+            state is None
+            or first is None
+            or first[1] != state.ino
+            or first[0] < state.offset
+            or not first[2].startswith(state.tail)  # another file under the same inode
+        ):
             state = self._load(first)
         else:
             size, _ino, data = first
-            self._consume(state, data, size)
+            self._consume(state, data[len(state.tail) :], size)
         if state.torn and repair:
             self.ops.repair_tail(LOG_FILE)
             state.torn = False
@@ -712,7 +721,7 @@ class PeerStore(LogStore):
         done, first, second = self.ops.append_if_settled(
             self.node,
             not_dev_ino,
-            known=(state.offset, state.ino),
+            known=(state.offset, state.ino, state.tail),
             allowed=allowed,
             chunks=lines,
             fsync=self.fsync,
