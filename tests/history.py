@@ -762,6 +762,13 @@ class _Run:
         self.armed: collections.Counter[str] = collections.Counter()
         self.covering = False  # past ``duration`` with points not yet reached
         self.outcomes = open(workdir / "writers.jsonl", "a", encoding="utf-8")  # noqa: SIM115
+        #: what the harness did and when (CLOCK_MONOTONIC, as the writers' records): to line
+        #: a stall in the writers' output up with a nemesis step, a kill or a taken disk
+        self.events = open(workdir / "events.log", "a", encoding="utf-8")  # noqa: SIM115
+
+    def event(self, text: str) -> None:
+        self.events.write(f"{time.monotonic():.3f} {text}\n")
+        self.events.flush()
 
     # -- writers --------------------------------------------------------------------------
     def spawn(self, slot: tuple[str, int]) -> None:
@@ -801,6 +808,7 @@ class _Run:
                 env=writer_env(self.tag, failpoint),
             )
         self.slots[slot] = _Writer(name, node, proc, out, failpoint, time.monotonic(), kind)
+        self.event(f"spawn {name} {kind} {failpoint} pid={proc.pid}")
         self.report.writers += 1
         self.report.kind_writers[kind] += 1
 
@@ -821,6 +829,7 @@ class _Run:
             if code is None:
                 continue
             self.record(writer, code)
+            self.event(f"exit {writer.name} {code} {writer.failpoint}")
             if code == -signal.SIGKILL and not writer.killed:
                 if writer.failpoint:
                     self.report.failpoint_crashes[writer.failpoint.split("@")[0]] += 1
@@ -846,6 +855,7 @@ class _Run:
         self.outcomes.flush()
 
     def kill(self, writer: _Writer) -> None:
+        self.event(f"kill {writer.name}")
         writer.killed = True
         with contextlib.suppress(ProcessLookupError):
             writer.proc.kill()
@@ -881,6 +891,7 @@ class _Run:
         action = self.rng.choices(names, weights)[0]
         node = self.rng.choice(NODES)
         nem = self.nemesis
+        self.event(f"step {action} {node}")
         if action in ("snapshot", "wipe", "rollback"):
             self.take_disk(node, action)
             return
@@ -917,6 +928,7 @@ class _Run:
         elif action == "unmount":
             nem.unmount(node)
         self.report.faults[label] += 1
+        self.event(f"fault {node} {label}")
         lasts = self.rng.uniform(*self.cfg.fault_time)
         if action.startswith("hang"):
             lasts = min(lasts, self.cfg.max_hang)
@@ -963,7 +975,9 @@ class _Run:
         time the pair is cut right after, so the node writes before it can recover."""
         try:
             self._take_disk(node, action)
+            self.event(f"took disk {node} {action}")
         except LockTimeoutError:
+            self.event(f"disk not taken {node} {action}: lock busy")
             # Writers queue on the lock too, each for up to lock_timeout: a busy lock is not a
             # finding, only a disk not taken this time.
             self.report.disk_events["lock busy"] += 1
@@ -1028,6 +1042,7 @@ class _Run:
         self.nemesis.heal()
         self.fault_until.clear()
         for _ in range(10):
+            self.event(f"settling {node}")
             self.repair_conflicts()
             with TwinLog(self.configs[node]) as twin:
                 twin.reconcile()
@@ -1063,11 +1078,14 @@ class _Run:
         ops = DirOps(os.fspath(self.pair.log_dir(node)), lock_kind="ofd")
         ops.open_dir(node, None, False)
         try:
+            self.event(f"locking {node}")
             ops.lock(3 * self.cfg.lock_timeout)  # behind writers that each wait up to lock_timeout
+            self.event(f"locked {node}")
             try:
                 yield
             finally:
                 ops.unlock()
+                self.event(f"unlocked {node}")
         finally:
             ops.close()
 
@@ -1075,6 +1093,7 @@ class _Run:
         """Faults are transient: each ends (back to a normal mount) after its drawn duration."""
         for node, until in list(self.fault_until.items()):
             if now >= until:
+                self.event(f"fault over {node}")
                 self.nemesis.set_mode(node, "normal")
                 del self.fault_until[node]
 
@@ -1123,6 +1142,7 @@ class _Run:
                     self.finished.append(writer)
                     self.slots[slot] = None
             self.outcomes.close()
+            self.events.close()
         rep.problems += self.nemesis.problems
         rep.problems += rep.writer_failures
         acks: list[WriteOp] = []

@@ -9,7 +9,8 @@ It prints the seed first (pass it back with ``--seed`` to replay the same schedu
 report between the ``soak-report`` markers of the report file (the rest of the file is left as
 it is; a missing file or missing markers get a fresh section at the end), and exits 1 if any
 invariant was violated. The run's directory (logs of both nodes, each writer's output,
-``history/writers.jsonl``) is kept on failure, or always with ``--keep``.
+``history/writers.jsonl``, ``history/events.log``) is kept on failure, or always with
+``--keep``.
 """
 
 from __future__ import annotations
