@@ -5,8 +5,9 @@ Each task prints one JSON object as its last line. Peak memory is the child's ow
 the peer worker is where peer reads and appends happen.
 
 ``writer`` serves timed runs: it opens its TwinLog, writes one entry, prints ``ready``, then for
-each line ``START END`` (``time.monotonic()`` values, system-wide on Linux) read from stdin writes
-from START until END and prints how many writes completed in that window; an empty line or EOF
+each line ``START END [BATCH]`` (``time.monotonic()`` values, system-wide on Linux) read from stdin
+writes from START until END, with ``write()`` or, given BATCH, ``write_many()`` of BATCH entries,
+and prints how many entries it wrote in calls completed in that window; an empty line or EOF
 ends it.
 """
 
@@ -44,13 +45,19 @@ def _writer(args: dict[str, Any]) -> dict[str, Any]:
         for command in sys.stdin:
             if not command.strip():
                 break
-            start, end = (float(x) for x in command.split())
-            print(json.dumps(_timed_writes(log, msg, threads, start, end)), flush=True)
+            start, end, *batch = command.split()
+            timed = _timed_writes(
+                log, msg, threads, float(start), float(end), batch=int(batch[0]) if batch else 1
+            )
+            print(json.dumps(timed), flush=True)
     return {"done": True}
 
 
-def _timed_writes(log: TwinLog, msg: str, threads: int, start: float, end: float) -> dict[str, Any]:
+def _timed_writes(
+    log: TwinLog, msg: str, threads: int, start: float, end: float, *, batch: int = 1
+) -> dict[str, Any]:
     counts = [0] * threads
+    items = [msg] * batch
     latencies: list[list[float]] = [[] for _ in range(threads)]
     group_before = dict(log.group_stats)
     trips_before = log.peer_worker_stats()["one_trip"]
@@ -62,10 +69,13 @@ def _timed_writes(log: TwinLog, msg: str, threads: int, start: float, end: float
             t0 = time.monotonic()
             if t0 >= end:
                 return
-            log.write(msg, writer=index)
+            if batch == 1:
+                log.write(msg, writer=index)
+            else:
+                log.write_many(items)
             t1 = time.monotonic()
             if t1 <= end:
-                counts[index] += 1
+                counts[index] += batch
                 lat.append(t1 - t0)
 
     workers = [threading.Thread(target=loop, args=(i,)) for i in range(threads)]

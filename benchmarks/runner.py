@@ -19,6 +19,7 @@ from benchmarks import ROW_KEYS
 from benchmarks._env import Row, can_bind_mount, machine_description
 from benchmarks.batch import run_batches
 from benchmarks.bigdata import run_drain, run_read_verify
+from benchmarks.burst import run_burst
 from benchmarks.fastpaths import run_fastpaths
 from benchmarks.latency import Series, run_latency, run_overhead, run_probe
 from benchmarks.rsyslog import run_rsyslog
@@ -34,6 +35,7 @@ SECTIONS = (
     "batch",
     "fastpaths",
     "rsyslog",
+    "burst",
     "drain",
     "read",
     "seek",
@@ -74,6 +76,9 @@ def run_all(
     if "rsyslog" in sections:
         say(f"rsyslog through omprog into twinlog: {samples} messages, then to a file")
         rows += run_rsyslog(base, samples)
+    if "burst" in sections:
+        say(f"bursts: rsyslog over RELP and twinlog, {duration:g} s per writer row")
+        rows += run_burst(base, samples, duration)
     if "drain" in sections:
         say(f"drain of {entries:,} cached entries")
         rows += run_drain(base, entries)

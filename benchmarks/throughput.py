@@ -54,13 +54,16 @@ class _Writers:
         assert proc.stdout is not None
         return proc.stdout
 
-    def run(self, indices: list[int], duration: float) -> tuple[int, list[dict[str, Any]]]:
-        """The writers ``indices`` write for ``duration`` seconds from one instant on."""
+    def run(
+        self, indices: list[int], duration: float, batch: int = 1
+    ) -> tuple[int, list[dict[str, Any]]]:
+        """The writers ``indices`` write for ``duration`` seconds from one instant on, with
+        ``write()`` or ``write_many()`` of ``batch`` entries; the entries they wrote."""
         start = time.monotonic() + 0.1
         for i in indices:
             stdin = self.procs[i].stdin
             assert stdin is not None
-            stdin.write(f"{start} {start + duration}\n")
+            stdin.write(f"{start} {start + duration} {batch}\n")
             stdin.flush()
         results = []
         for i in indices:

@@ -13,10 +13,12 @@ import tempfile
 import time
 from pathlib import Path
 
-__all__ = ["CONTRIB_CONF", "Rsyslogd", "find_rsyslogd", "render_contrib"]
+__all__ = ["BURST_CONF", "CONTRIB_CONF", "Rsyslogd", "find_rsyslogd", "render_contrib"]
 
 REPO = Path(__file__).resolve().parent.parent
 CONTRIB_CONF = REPO / "contrib" / "rsyslog" / "twinlog.conf"
+#: The shipped variant for bursts: a memory queue and omprog transactions (docs/ingest.md).
+BURST_CONF = REPO / "contrib" / "rsyslog" / "twinlog-burst.conf"
 #: What the shipped file names that a test replaces: the service user, the command, its config.
 SHIPPED_USER = "--reuid=twinlog --regid=twinlog"
 SHIPPED_TWINLOG = "/opt/twinlog/venv/bin/twinlog"
