@@ -10,7 +10,9 @@
               converge by the next write on each node, then reconcile
   frozen_peer twin-b frozen (qemu stop): every write on twin-a returns within probe_timeout +
               io_timeout + margin; p50/p99 of write()
-  throughput  TwinLog.write() vs a raw lockf-locked dual append+fsync over the same mount
+  throughput  on twin-a, time and NFS RPCs by operation per entry: write() and write_many() vs
+              a raw lockf-locked dual append+fsync over the same mount; a reconcile draining
+              N_DRAIN entries cached while the peer mount was unmounted; read() of the whole log
   dead_peer   twin-b holds the lock of twin-a's log directory through the mount and is killed
               (qemu quit): how long until twin-a's writes proceed; cold boot twin-b, converge
 
@@ -28,7 +30,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from twinlab.cluster import Lab
 from twinlab.paths import GUEST_DIR, RUN_DIR
@@ -54,6 +56,11 @@ ASYM_SERVER = "twin-a"  # its NFS server's replies to ASYM_BLOCKED are dropped
 ASYM_BLOCKED = "192.168.77.2"
 ASYM_RECOVER_WAIT = 180.0
 N_BENCH = int(os.environ.get("TWINLOG_LAB_BENCH_N", "100"))
+N_BENCH_MANY = int(os.environ.get("TWINLOG_LAB_BENCH_MANY_N", "2000"))
+BATCH = 100  # write_many's batch, and the raw append's lines per write
+N_DRAIN = int(os.environ.get("TWINLOG_LAB_DRAIN_N", "100000"))
+CACHE_BATCH = 1000
+RECONCILE_TIMER = "twinlog-reconcile.timer"
 
 
 def _yes(value: bool) -> str:
@@ -467,28 +474,114 @@ def frozen_peer(lab: Lab, results: ProofResults, n: int = 30) -> None:
     check_converged(lab, results, "frozen_peer", writer.ids)
 
 
+class Measured(NamedTuple):
+    """A twinwriter.py MEASURED line: N, seconds, and the peer mount's RPCs by operation."""
+
+    n: int
+    seconds: float
+    rpcs: dict[str, int]
+
+    @classmethod
+    def of(cls, writer: Writer) -> Measured:
+        line = next(x for x in writer.other if x.startswith("MEASURED "))
+        _, _, n, seconds, rpcs = line.split(" ", 4)
+        return cls(int(n), float(seconds), json.loads(rpcs))
+
+    def row(self, baseline: Measured | None = None) -> dict[str, Any]:
+        row: dict[str, Any] = {
+            "n": self.n,
+            "s": self.seconds,
+            "ms_per_entry": round(1000 * self.seconds / max(self.n, 1), 3),
+            "rpcs": dict(sorted(self.rpcs.items())),
+            "rpcs_per_entry": {
+                op: round(count / max(self.n, 1), 4) for op, count in sorted(self.rpcs.items())
+            },
+            "rpcs_per_entry_total": round(sum(self.rpcs.values()) / max(self.n, 1), 2),
+        }
+        if baseline is not None:
+            base = row["baseline"] = baseline.row()
+            row["ratio"] = round(row["ms_per_entry"] / base["ms_per_entry"], 2)
+            row["rpcs_per_entry_over_baseline"] = round(
+                row["rpcs_per_entry_total"] - base["rpcs_per_entry_total"], 2
+            )
+        return row
+
+
+def bench_writer(lab: Lab, args: str, timeout: float = 1800) -> Writer:
+    writer = Writer(lab, "twin-a", args)
+    writer.pump(timeout=timeout)
+    writer.finish()
+    return writer
+
+
+def acked_range(writer: Writer) -> list[str]:
+    """The ids of an ACKED <first> <last> line (one writer alone on its node: consecutive)."""
+    for line in writer.other:
+        if line.startswith("ACKED "):
+            first, last = line.split()[1:3]
+            node, low = first.rsplit(":", 1)
+            return [f"{node}:{seq}" for seq in range(int(low), int(last.rsplit(":", 1)[1]) + 1)]
+    return []
+
+
+def reconcile_timers(lab: Lab, start: bool) -> None:
+    """Start or stop the reconcile timer on both nodes; a stop waits for a running reconcile
+    (its RPCs would be counted with ours)."""
+    for node in NODES:
+        if start:
+            lab.ssh(node, f"systemctl start {RECONCILE_TIMER}")
+        else:
+            lab.ssh(
+                node,
+                f"systemctl stop {RECONCILE_TIMER}; "
+                "while systemctl -q is-active twinlog-reconcile.service; do sleep 1; done",
+                timeout=300,
+            )
+
+
 def throughput(lab: Lab, results: ProofResults) -> None:
-    """Same node, same mount, same run: n twinlog writes vs n raw locked dual appends+fsync."""
-    n = N_BENCH
+    """Twin-a, same mount, same run: time and the peer mount's RPCs per entry of write() and
+    write_many(BATCH) against the raw locked dual append of the same lines, of a reconcile that
+    drains N_DRAIN cached entries, and of read() of the whole log."""
     reconcile_both(lab)
-    bench = Writer(lab, "twin-a", f"bench {n}")
-    bench.pump(timeout=600)
-    bench.finish()
-    raw = Writer(lab, "twin-a", f"raw {n}")
-    raw.pump(timeout=600)
-    raw.finish()
-    twin_s = float(next(x for x in bench.other if x.startswith("TWIN ")).split()[1])
-    raw_s = float(next(x for x in raw.other if x.startswith("RAW ")).split()[1])
-    results.numbers["throughput"] = {
-        "n": n,
-        "twinlog_writes_per_s": round(n / twin_s, 1),
-        "twinlog_ms_per_write": round(1000 * twin_s / n, 1),
-        "raw_dual_append_per_s": round(n / raw_s, 1),
-        "raw_ms_per_append": round(1000 * raw_s / n, 1),
-        "ratio_twinlog_over_raw_time": round(twin_s / raw_s, 2),
+    reconcile_timers(lab, start=False)
+    acked: list[str] = []
+    try:
+        write = bench_writer(lab, f"bench {N_BENCH}")
+        raw = bench_writer(lab, f"raw {N_BENCH}")
+        many = bench_writer(lab, f"bench_many {N_BENCH_MANY} {BATCH}")
+        raw_many = bench_writer(lab, f"raw {N_BENCH_MANY} {BATCH}")
+        acked += acked_range(write) + acked_range(many)
+        lab.ssh("twin-a", f"umount {PEER_DIR}")  # the peer cut: writes go to the cache
+        try:
+            cache = bench_writer(lab, f"cache {N_DRAIN} {CACHE_BATCH}")
+        finally:
+            lab.ssh("twin-a", f"mount {PEER_DIR}")
+        cached = acked_range(cache)
+        acked += cached
+        drain = bench_writer(lab, "reconcile")
+        read = bench_writer(lab, "read")
+    finally:
+        reconcile_timers(lab, start=True)
+    rows = {
+        "write": Measured.of(write).row(Measured.of(raw)),
+        f"write_many_{BATCH}": Measured.of(many).row(Measured.of(raw_many)),
+        f"reconcile_{len(cached)}_cached": Measured.of(drain).row(),
+        "read": Measured.of(read).row(),
     }
+    results.numbers["throughput"] = rows
+    results.evidence["throughput_reconcile"] = next(
+        (x for x in drain.other if x.startswith("RECONCILED ")), ""
+    )
     results.checks.append(Check("throughput: measured", "yes", "yes"))
-    check_converged(lab, results, "throughput", [])
+    results.checks.append(
+        Check(
+            f"throughput: the reconcile delivered all {N_DRAIN} cached entries",
+            "yes",
+            _yes(len(cached) == N_DRAIN and Measured.of(drain).n >= N_DRAIN),
+        )
+    )
+    check_converged(lab, results, "throughput", acked)
 
 
 def dead_peer(lab: Lab, results: ProofResults) -> None:
