@@ -163,10 +163,16 @@ def inventory_listing(inventory: Path, env: Mapping[str, str]) -> dict[str, Any]
 
 
 def derived_peers(
-    inventory: Path, env: Mapping[str, str], *, check: bool = True
+    inventory: Path,
+    env: Mapping[str, str],
+    *,
+    check: bool = True,
+    extra_vars: Mapping[str, object] | None = None,
 ) -> tuple[subprocess.CompletedProcess[str], Any]:
     """Run the role's pair checks (tasks/peer.yml) for every host, connection local (nothing
-    is contacted); return the process and its JSON-callback result."""
+    is contacted), with ``extra_vars`` for every host; return the process and its JSON-callback
+    result."""
+    extra = ["-e", json.dumps(dict(extra_vars))] if extra_vars else []
     proc = run(
         [
             "ansible-playbook",
@@ -174,6 +180,7 @@ def derived_peers(
             inventory,
             "-e",
             "ansible_connection=local",
+            *extra,
             HERE / "peers.yml",
         ],
         env,
@@ -243,6 +250,120 @@ def test_hosts_outside_a_proper_pair_are_refused(tmp_path: Path) -> None:
     stats = result["stats"]
     assert {h for h, s in stats.items() if s["failures"]} == {"t1", "t2", "t3", "lonely"}
     assert stats["o1"]["failures"] == stats["o2"]["failures"] == 0
+
+
+# -- NFS security: sys by default, Kerberos (sec=krb5*) as an option -----------------------------
+
+DEFAULT_EXPORT_OPTIONS = "rw,sync,root_squash,no_subtree_check"
+DEFAULT_MOUNT_OPTIONS = (
+    "vers=4.2,proto=tcp,soft,timeo=10,retrans=2,retry=0,local_lock=none,nosuid,nodev,noexec,"
+    "nofail,_netdev,x-systemd.mount-timeout=30s"
+)
+
+
+def keytabs(tmp: Path) -> dict[str, str]:
+    """Two stand-in keytabs on the controller (random bytes: nothing here talks to a KDC)."""
+    sources = {}
+    for name in ("host", "client"):
+        path = tmp / f"{name}.keytab"
+        path.write_bytes(os.urandom(64))
+        sources[name] = str(path)
+    return {
+        "twinlog_krb5_keytab_src": sources["host"],
+        "twinlog_krb5_client_keytab_src": sources["client"],
+    }
+
+
+def failure_messages(result: Any) -> dict[str, list[str]]:
+    """host -> the messages of its failed tasks (and failed loop items), from the JSON callback."""
+    messages: dict[str, list[str]] = {}
+    for play in result["plays"]:
+        for task in play["tasks"]:
+            for host, res in task["hosts"].items():
+                for item in [res, *res.get("results", [])]:
+                    if item.get("failed"):
+                        messages.setdefault(host, []).append(item["msg"])
+    return messages
+
+
+@pytest.mark.parametrize("sec", ["sys", "krb5", "krb5i", "krb5p"])
+def test_nfs_sec_goes_on_the_export_and_the_mount(tmp_path: Path, sec: str) -> None:
+    """sys (the default) adds nothing, so a sys deployment is what it was before the option;
+    Kerberos adds sec= to both ends."""
+    env = ansible_env(tmp_path, callback="ansible.builtin.json")
+    extra_vars = {"twinlog_nfs_sec": sec, **keytabs(tmp_path)} if sec != "sys" else {}
+    _, result = derived_peers(EXAMPLE_INVENTORY, env, extra_vars=extra_vars)
+    messages = peer_messages(result)
+    assert len(messages) == 2
+    suffix = "" if sec == "sys" else f",sec={sec}"
+    for msg in messages.values():
+        assert msg["export_options"] == DEFAULT_EXPORT_OPTIONS + suffix
+        assert msg["mount_options"] == DEFAULT_MOUNT_OPTIONS + suffix
+
+
+@pytest.mark.parametrize(
+    ("settings", "expected"),
+    [
+        pytest.param(
+            {"twinlog_nfs_sec": "krb5p"},
+            [
+                "twinlog_krb5_keytab_src",
+                "twinlog_krb5_client_keytab_src",
+                "twinlog_krb5_keytabs_in_place=true",
+            ],
+            id="no-keytab",
+        ),
+        pytest.param(
+            {
+                "twinlog_nfs_sec": "krb5p",
+                "twinlog_krb5_keytab_src": "host.keytab",
+                "twinlog_krb5_client_keytab_src": "/nonexistent/client.keytab",
+            },
+            [
+                "twinlog_krb5_keytab_src=host.keytab is not the absolute path of a file",
+                "twinlog_krb5_client_keytab_src=/nonexistent/client.keytab is not the absolute",
+            ],
+            id="keytab-not-on-the-controller",
+        ),
+        pytest.param(
+            {
+                "twinlog_nfs_sec": "krb5p",
+                "twinlog_krb5_keytabs_in_place": True,
+                "twinlog_root": "/nonexistent",
+            },
+            [
+                "twinlog_krb5_keytabs_in_place is true but /nonexistent/etc/krb5.keytab is missing",
+                "/nonexistent/var/lib/gssproxy/clients/4190.keytab is missing",
+            ],
+            id="keytab-not-in-place",
+        ),
+        pytest.param(
+            {"twinlog_nfs_sec": "kerberos"},
+            ["twinlog_nfs_sec is 'kerberos'", "one of sys, krb5, krb5i, krb5p"],
+            id="unknown-flavour",
+        ),
+        pytest.param(
+            {"twinlog_nfs_sec": "krb5i", "twinlog_mount_options": ["vers=4.2", "sec=sys"]},
+            ["leave sec= out of twinlog_export_options and twinlog_mount_options"],
+            id="sec-in-the-options",
+        ),
+    ],
+)
+def test_kerberos_settings_are_refused_with_the_fix(
+    tmp_path: Path, settings: dict[str, object], expected: list[str]
+) -> None:
+    """The role stops in its first checks, before it installs anything, and says which variable
+    to set and how."""
+    env = ansible_env(tmp_path, callback="ansible.builtin.json")
+    proc, result = derived_peers(EXAMPLE_INVENTORY, env, check=False, extra_vars=settings)
+    assert proc.returncode != 0
+    messages = failure_messages(result)
+    assert set(messages) == {"mgmt-a.example.net", "mgmt-b.example.net"}
+    for host, host_messages in messages.items():
+        text = " ".join(host_messages)
+        for fragment in expected:
+            assert fragment in text, (host, host_messages)
+    assert not peer_messages(result)  # stopped before "Show the peer"
 
 
 # -- a real run of the role against this machine -------------------------------------------------
@@ -672,6 +793,135 @@ def test_exports_and_nfs_lease(deployed: tuple[Node, list[Any]]) -> None:
     ]
     nfs_conf = node.path("/etc/nfs.conf.d/twinlog.conf").read_text()
     assert "[nfsd]\nlease-time = 10\ngrace-time = 10\n" in nfs_conf
+    assert "[gssd]" not in nfs_conf  # sys: no Kerberos
+
+
+KERBEROS_TASKS = [
+    "Check the NFS security flavour",
+    "Check that the Kerberos keytabs are provided",
+    "Check that the keytabs to copy are files on the controller",
+    "Look for the keytabs already on the node",
+    "Check that the keytabs are on the node",
+    "Create the directories of the Kerberos files",
+    "Install this node's keytab",
+    "Install the service user's keytab as its gssproxy client keytab",
+    "Let gssproxy hand the service user its NFS credentials",
+    "Set the NFSv4 id mapping domain",
+    "Enable and start gssproxy",
+    "Start the NFS client's Kerberos daemon",
+]
+
+
+def task_outcomes(stdout: str) -> dict[str, set[str]]:
+    """Task name (without the role prefix) -> the outcomes its hosts and items reported."""
+    outcomes: dict[str, set[str]] = {}
+    current = None
+    for line in stdout.splitlines():
+        if line.startswith(("TASK [", "RUNNING HANDLER [")):
+            current = line.split("[", 1)[1].rsplit("]", 1)[0].split(" : ", 1)[-1]
+            outcomes.setdefault(current, set())
+        elif current and (m := re.match(r"^(ok|changed|skipping|failed|fatal):", line)):
+            outcomes[current].add(m[1])
+    return outcomes
+
+
+def test_sys_runs_no_kerberos_task(deployed: tuple[Node, list[Any]]) -> None:
+    """With the default sec=sys every Kerberos task is skipped and no Kerberos file is written."""
+    node, runs = deployed
+    for proc in runs:
+        outcomes = task_outcomes(proc.stdout)
+        for name in KERBEROS_TASKS:
+            assert outcomes.get(name) == {"skipping"}, (name, outcomes.get(name))
+    for path in (
+        "/etc/krb5.keytab",
+        "/etc/gssproxy",
+        "/var/lib/gssproxy",
+        "/etc/idmapd.conf",
+    ):
+        assert not node.path(path).exists(), path
+
+
+DEBIAN_IDMAPD_CONF = """[General]
+
+Verbosity = 0
+# set your own domain here, if it differs from FQDN minus hostname
+# Domain = localdomain
+
+[Mapping]
+
+Nobody-User = nobody
+Nobody-Group = nogroup
+"""
+
+
+@pytest.fixture(scope="module")
+def deployed_with_kerberos() -> Iterator[tuple[Node, dict[str, str], list[Any]]]:
+    """The role's checks, NFS and Kerberos parts (tags) with sec=krb5p and stand-in keytabs: check
+    mode, two real runs, check mode again. Files only: no KDC, no NFS server, no mount here."""
+    with scratch_area() as (tmp, python):
+        node = Node(tmp, python, source={})
+        sources = keytabs(tmp)
+        idmapd = node.path("/etc/idmapd.conf")
+        idmapd.parent.mkdir(parents=True)
+        idmapd.write_text(DEBIAN_IDMAPD_CONF)
+        settings = {
+            "twinlog_nfs_sec": "krb5p",
+            "twinlog_nfs_idmap_domain": "pair.example",
+            **sources,
+        }
+        args = ["--tags", "twinlog_peer,twinlog_krb5,twinlog_nfs", "-e", json.dumps(settings)]
+        runs = [node.playbook("--check", "--diff", *args)]
+        node.after_check = snapshot([str(node.root)])
+        runs += [node.playbook(*args), node.playbook(*args), node.playbook("--check", *args)]
+        yield node, sources, runs
+
+
+def test_kerberos_run_is_idempotent(
+    deployed_with_kerberos: tuple[Node, dict[str, str], list[Any]],
+) -> None:
+    node, _, runs = deployed_with_kerberos
+    first_check, first, *again = runs
+    assert recap(first_check.stdout)["node-a"]["changed"] > 0
+    # Check mode wrote nothing: the scratch root holds only the idmapd.conf put there first.
+    assert node.after_check == {
+        str(node.root): [str(node.path("/etc")), str(node.path("/etc/idmapd.conf"))]
+    }
+    assert recap(first.stdout)["node-a"]["changed"] > 0
+    for proc in again:
+        counts = recap(proc.stdout)["node-a"]
+        assert counts["failed"] == 0
+        assert counts["changed"] == 0, changed_tasks(proc.stdout)
+
+
+def test_kerberos_exports_and_keytabs(
+    deployed_with_kerberos: tuple[Node, dict[str, str], list[Any]],
+) -> None:
+    node, sources, _ = deployed_with_kerberos
+    exports = node.path("/etc/exports.d/twinlog.exports").read_text().splitlines()
+    entries = [line for line in exports if line and not line.startswith("#")]
+    assert entries == [
+        f"{node.path('/var/lib/twinlog/log')} 127.0.0.2({DEFAULT_EXPORT_OPTIONS},sec=krb5p)"
+    ]
+    nfs_conf = node.path("/etc/nfs.conf.d/twinlog.conf").read_text()
+    assert "[nfsd]\nlease-time = 10\ngrace-time = 10\n" in nfs_conf
+    assert nfs_conf.endswith("[gssd]\nuse-gss-proxy = 1\n")
+    host_keytab = node.path("/etc/krb5.keytab")
+    client_keytab = node.path(f"/var/lib/gssproxy/clients/{UID}.keytab")
+    assert host_keytab.read_bytes() == Path(sources["twinlog_krb5_keytab_src"]).read_bytes()
+    assert (
+        client_keytab.read_bytes() == Path(sources["twinlog_krb5_client_keytab_src"]).read_bytes()
+    )
+    assert mode_owner(host_keytab) == mode_owner(client_keytab) == (0o600, 0, 0)
+    gssproxy = node.path("/etc/gssproxy/99-twinlog-nfs-client.conf")
+    assert mode_owner(gssproxy) == (0o644, 0, 0)
+    conf = gssproxy.read_text()
+    assert "[service/twinlog-nfs-client]\n" in conf
+    assert f"  cred_store = keytab:{host_keytab}\n" in conf
+    assert f"  cred_store = client_keytab:{client_keytab.parent}/%U.keytab\n" in conf
+    assert "  cred_usage = initiate\n" in conf
+    # The domain replaces the commented example, in [General].
+    idmapd = node.path("/etc/idmapd.conf").read_text()
+    assert idmapd == DEBIAN_IDMAPD_CONF.replace("# Domain = localdomain", "Domain = pair.example")
 
 
 # -- the collection, built and installed as a user would, deployed without a checkout -------------
