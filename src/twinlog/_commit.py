@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from twinlog import _failpoints
+from twinlog._chain import seal, unsealed
 from twinlog._dedupe import KeyLookup, assign, fresh_items
 from twinlog._fileops import NO_LOOK, Allowed, Look
 from twinlog._group import Follower, Leadership
@@ -408,8 +409,15 @@ def _assign(sides: Sides, batch: list[Pending], followers: list[Follower]) -> St
     )
     if staged.lines:
         staged.mark = (node, next_seq - 1, last_ts)
+        _seal(staged.lines, state.prev_chain(node))
     staged.keys = keys
     return staged
+
+
+def _seal(lines: list[bytes], prev: bytes) -> None:
+    """Chain our lines (all of our origin, in seq order) to our newest entry (_chain.py)."""
+    for i, line in enumerate(lines):
+        lines[i], prev = seal(line, prev)
 
 
 def _assign_followers(
@@ -478,7 +486,8 @@ def _settle_orphans(sides: Sides, batch: list[Pending]) -> None:
         line = encode_entry(node, seq, ts, pending.msg, pending.fields_json)
         # Its seq in the log is not enough: once the leader was gone, another writer may have
         # taken that seq for its own entry. Only the very line counts.
-        if seq <= mark and sides.local.line_of(node, seq) == line:
+        found = sides.local.line_of(node, seq) if seq <= mark else None
+        if found is not None and unsealed(found) == line:
             pending.entry = Entry(f"{node}:{seq}", node, seq, ts, pending.msg, pending.fields)
 
 

@@ -3,8 +3,9 @@
 The peer's copy of this node's history wins: it is what the pair acknowledged to whoever read
 it there. This node's entries with ids the peer holds differently are re-logged as new entries
 after it (each with ``replaces`` naming the id it had); its entries with ids beyond the peer's
-keep them. The local files holding the replaced entries move, whole, into an archive directory
-(``twinlog.repaired.<time>``): nothing is deleted.
+keep them. The origin's hash chain (_chain.py) follows the peer's copy, then goes on over the
+entries that come after it. The local files holding the replaced entries move, whole, into an
+archive directory (``twinlog.repaired.<time>``): nothing is deleted.
 
 The new log is written beside the old one first, then a journal (``twinlog.repair``), then
 the files are switched. Moving the active log into the archive is the commit point: a crash
@@ -25,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from twinlog import _failpoints
+from twinlog._chain import GENESIS, seal, split_chain, unsealed
 from twinlog._fileops import CACHE_FILE, LOG_FILE, DirOps
 from twinlog._history import Conflict, read_conflicts, record_conflicts
 from twinlog._store import INDEX_FILE, LogStore
@@ -121,6 +123,8 @@ def rebuild(
     kept: dict[int, bytes] = {}
     ops.unlink(NEW_LOG_FILE)  # left by an attempt that did not get to its journal
 
+    chain = _Chain()
+
     def old_lines() -> Iterator[bytes]:
         for name in moves:
             end = state.offset if name == LOG_FILE else None
@@ -128,6 +132,8 @@ def rebuild(
                 for line in lines:
                     key = parse_key(line)
                     if key is None or key[0] != origin or key[1] < first_seq:
+                        if key is not None and key[0] == origin:
+                            chain.follow(line)
                         yield line
                     elif key[1] <= peer_mark:
                         replaced.setdefault(key[1], line)
@@ -135,12 +141,15 @@ def rebuild(
                         kept.setdefault(key[1], line)
 
     _append_all(ops, old_lines(), local.fsync)
-    taken = _take_peers_copy(ops, peer, conflict, peer_mark, replaced, fsync=local.fsync)
-    _append_all(ops, (kept[seq] for seq in sorted(kept)), local.fsync)
+    taken = _take_peers_copy(
+        ops, peer, conflict, peer_mark, replaced, chain=chain, fsync=local.fsync
+    )
+    # Ours beyond the peer's mark chained to our replaced entries: now they follow the peer's.
+    _append_all(ops, (chain.reseal(kept[seq]) for seq in sorted(kept)), local.fsync)
     next_seq = max(peer_mark, state.hwm.get(origin, 0)) + 1
     floor = max(state.max_ts, peer_state.max_ts) or None
     new_lines, relogged = _relog(origin, replaced, next_seq, clock.next_after(floor, len(replaced)))
-    _append_all(ops, iter(new_lines), local.fsync)
+    _append_all(ops, (chain.reseal(line) for line in new_lines), local.fsync)
     archive = _write_journal(ops, origin, first_seq, moves)
     return RepairResult(
         True,
@@ -172,6 +181,7 @@ def _take_peers_copy(
     peer_mark: int,
     replaced: dict[int, bytes],
     *,
+    chain: _Chain,
     fsync: bool,
 ) -> int:
     """The peer's entries of the origin from the conflict's first seq to ``peer_mark`` into
@@ -179,12 +189,30 @@ def _take_peers_copy(
     taken = 0
     for lines in peer.iter_origin_after(conflict.origin, conflict.first_seq - 1):
         picked = [line for line in lines if _seq(line) <= peer_mark]
+        for line in picked:
+            chain.follow(line)
         _append_all(ops, iter(picked), fsync)
         taken += len(picked)
         for line in picked:
             if replaced.get(_seq(line)) == line:
                 del replaced[_seq(line)]
     return taken
+
+
+class _Chain:
+    """The repaired origin's hash chain (_chain.py) along the new log: followed over the
+    lines copied as they are, continued on the lines that move after them."""
+
+    def __init__(self) -> None:
+        self.prev = GENESIS
+
+    def follow(self, line: bytes) -> None:
+        found = split_chain(line)
+        self.prev = found[1] if found is not None else GENESIS
+
+    def reseal(self, line: bytes) -> bytes:
+        line, self.prev = seal(unsealed(line), self.prev)
+        return line
 
 
 def _relog(

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from twinlog import _failpoints
+from twinlog._chain import GENESIS, SUFFIX_LEN, chain_at_end
 from twinlog._fileops import CACHE_FILE, CHUNK, LOG_FILE, Allowed, Look
 from twinlog._seek import SegmentIndex, build_index
 from twinlog.entry import block_marks, parse_key
@@ -41,7 +42,7 @@ INDEX_FILE = "twinlog.idx"
 SEGMENTS_FILE = "twinlog.segments"
 DRAIN_CHUNK = 4 << 20
 CHECKPOINT_EVERY = 1 << 20
-_TAIL_BYTES = 48
+_TAIL_BYTES = 80  # at least a line's chain field: _account_run reads the head from it
 _EDGE = 256 * 1024  # how much of a drain block's edges is read to find its first and last line
 SEGMENT_RE = re.compile(r"twinlog\.log\.(\d+)")
 
@@ -101,6 +102,8 @@ class LogState:
     ino: int | None = None
     offset: int = 0
     hwm: dict[str, int] = field(default_factory=dict)
+    #: Each origin's newest entry, ``(seq, chain)``, where that entry is chained (_chain.py).
+    heads: dict[str, tuple[int, str]] = field(default_factory=dict)
     max_ts: str = ""
     tail: bytes = b""
     checkpoint_offset: int = 0
@@ -113,7 +116,40 @@ class LogState:
         for node, seq in hwm.items():
             if seq > self.hwm.get(node, 0):
                 self.hwm[node] = seq
+                self.set_head(node, seq, _chain_of_line(block, node, seq))
         self.max_ts = max(self.max_ts, max_ts)
+
+    def set_head(self, origin: str, seq: int, chain: str | None) -> None:
+        if chain is None:
+            self.heads.pop(origin, None)
+        else:
+            self.heads[origin] = (seq, chain)
+
+    def prev_chain(self, origin: str) -> bytes:
+        """What the next entry of ``origin`` chains to: its newest entry's chain, if chained."""
+        head = self.heads.get(origin)
+        if head is None or head[0] != self.hwm.get(origin, 0):
+            return GENESIS
+        return bytes.fromhex(head[1])
+
+
+def _heads_from_json(raw: object) -> dict[str, tuple[int, str]]:
+    """Heads as a checkpoint or the manifest stores them (none from an older twinlog)."""
+    if not isinstance(raw, dict):
+        return {}
+    try:
+        return {str(origin): (int(head[0]), str(head[1])) for origin, head in raw.items()}
+    except (ValueError, TypeError, IndexError, KeyError):
+        return {}
+
+
+def _chain_of_line(block: bytes, origin: str, seq: int) -> str | None:
+    """The chain of the line of ``origin:seq`` in ``block`` (its last of that origin)."""
+    start = block.rfind(b'{"id":"' + f"{origin}:{seq}".encode() + b'",')
+    if start < 0:
+        return None
+    end = block.find(b"\n", start) + 1
+    return chain_at_end(block[max(start, end - SUFFIX_LEN) : end]) if end else None
 
 
 @dataclass(frozen=True)
@@ -224,6 +260,7 @@ class LogStore:
             info = manifest.get(str(numbered[index][0]))
             if isinstance(info, dict) and isinstance(info.get("hwm"), dict):
                 state.hwm = {str(k): int(v) for k, v in info["hwm"].items()}
+                state.heads = _heads_from_json(info.get("heads"))
                 state.max_ts = str(info.get("max_ts", ""))
                 start = index + 1
                 break
@@ -246,6 +283,7 @@ class LogStore:
             offset = int(data["offset"])
             tail = bytes.fromhex(data["tail"])
             hwm = {str(k): int(v) for k, v in data["hwm"].items()}
+            heads = _heads_from_json(data.get("heads"))
             max_ts = str(data["max_ts"])
             segment = int(data.get("segment", 0))
         except (ValueError, KeyError, TypeError, AttributeError):
@@ -258,7 +296,14 @@ class LogStore:
             return None
         if offset == 0 and size > 0 and not data.get("fresh"):
             return None
-        return LogState(offset=offset, hwm=hwm, max_ts=max_ts, tail=tail, checkpoint_offset=offset)
+        return LogState(
+            offset=offset,
+            hwm=hwm,
+            heads=heads,
+            max_ts=max_ts,
+            tail=tail,
+            checkpoint_offset=offset,
+        )
 
     def _scan_into(self, state: LogState, name: str) -> None:
         for block in self.iter_blocks(name, 0, None):
@@ -289,6 +334,7 @@ class LogStore:
             "offset": state.offset,
             "tail": state.tail.hex(),
             "hwm": state.hwm,
+            "heads": state.heads,
             "max_ts": state.max_ts,
             "segment": state.segment,
         }
@@ -325,13 +371,16 @@ class LogStore:
         self.ops.rename(LOG_FILE, name)
         if _failpoints.ACTIVE:
             _failpoints.hit("after_rotate_rename")
-        fresh = LogState(hwm=dict(state.hwm), max_ts=state.max_ts, segment=number)
+        fresh = LogState(
+            hwm=dict(state.hwm), heads=dict(state.heads), max_ts=state.max_ts, segment=number
+        )
         self.ops.replace(INDEX_FILE, self.checkpoint_bytes(fresh, fresh=True), True)
         if _failpoints.ACTIVE:
             _failpoints.hit("after_rotate_index")
         manifest = self.read_manifest()
         manifest[str(number)] = {
             "hwm": dict(state.hwm),
+            "heads": dict(state.heads),
             "max_ts": state.max_ts,
             "rotated_at": time.time(),
             "index": self._segment_index(name),
@@ -433,6 +482,7 @@ class LogStore:
         st = self.ops.stat(name)
         return {
             "hwm": state.hwm,
+            "heads": state.heads,
             "max_ts": state.max_ts,
             "rotated_at": time.time() if st is None else 0,
         }
@@ -484,6 +534,7 @@ class LogStore:
         assert state is not None
         if last_seq > state.hwm.get(origin, 0):
             state.hwm[origin] = last_seq
+            state.set_head(origin, last_seq, chain_at_end(tail))
         state.max_ts = max(state.max_ts, last_ts)
         state.tail = (state.tail + tail)[-_TAIL_BYTES:]
         state.offset = size

@@ -39,7 +39,9 @@ __all__ = [
 
 #: Names an extra field may not take: they identify or order the entry (``key`` is the
 #: idempotency key, given to ``write(key=...)`` and stored as a field).
-RESERVED_FIELDS = frozenset({"id", "node", "seq", "ts", "msg", "hlc", "origin", "replaces", "key"})
+RESERVED_FIELDS = frozenset(
+    {"id", "node", "seq", "ts", "msg", "hlc", "origin", "replaces", "key", "chain"}
+)
 #: The longest idempotency key, in UTF-8 bytes (rsyslog's $uuid has 32).
 MAX_KEY_BYTES = 256
 
@@ -74,6 +76,8 @@ class Entry:
     ts: str
     msg: str
     fields: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    #: The line's hash chain (hex; ``""`` when unchained or not read from a log): docs/security.md.
+    chain: str = dataclasses.field(default="", compare=False, repr=False)
 
     def __hash__(self) -> int:
         # The id is unique per entry; hashing it lets entries go into sets (fields are a dict).
@@ -335,6 +339,7 @@ def decode_line(line: bytes) -> Entry | None:
     try:
         node, seq, ts, msg = data.pop("node"), data.pop("seq"), data.pop("ts"), data.pop("msg")
         entry_id = data.pop("id")
+        chain = data.pop("chain", "")
     except KeyError:
         return None
     if (
@@ -343,9 +348,10 @@ def decode_line(line: bytes) -> Entry | None:
         or not isinstance(ts, str)
         or not isinstance(msg, str)
         or entry_id != f"{node}:{seq}"
+        or not isinstance(chain, str)
     ):
         return None
-    return Entry(id=entry_id, node=node, seq=seq, ts=ts, msg=msg, fields=data)
+    return Entry(id=entry_id, node=node, seq=seq, ts=ts, msg=msg, fields=data, chain=chain)
 
 
 def format_ts(micros: int) -> str:
