@@ -21,6 +21,7 @@ everything, runs one ``reconcile()`` per node and checks (:func:`check_pair`):
   consecutive ones, and an entry acknowledged before another's call on the same node started has
   the smaller sequence number (real-time order);
 * both logs hold the same entries, ``read()`` is identical on both nodes, ``verify().in_sync``;
+* ``verify(deep=True)`` finds no break in either node's hash chains or witnesses;
 * an unmounted peer mount point never received a file (it is a plain local directory then).
 
 With ``disks`` on, the nemesis also takes a node's disk: it stops the node's writers, wipes its
@@ -183,6 +184,8 @@ class CheckResult:
     #: acknowledged entries found re-logged by a repair (under a new id that ``replaces`` it)
     repaired: dict[str, int] = field(default_factory=dict)
     conflicting: int = 0  # ids under which the two logs hold different entries
+    #: what verify(deep=True) found broken in the hash chains and witnesses, per node
+    chain_breaks: dict[str, int] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -366,7 +369,11 @@ def check_pair(
     for node in NODES:
         with TwinLog(configs[node]) as twin:
             views[node] = [e.to_dict() for e in twin.read()]
-            verdict = twin.verify()
+            verdict = twin.verify(deep=True)
+            result.chain_breaks[node] = len(verdict.broken)
+            if verdict.broken:
+                found = [str(b) for b in verdict.broken[:5]]
+                result.problems.append(f"verify(deep=True) on {node}: chain breaks {found}")
             if not verdict.in_sync:
                 result.problems.append(f"verify() on {node} is not in sync: {str(verdict)[:600]}")
     if views["a"] != views["b"]:
@@ -624,7 +631,9 @@ class HistoryReport:
             f"entries_by_kind={dict(self.kind_entries)} faults={sum(self.faults.values())} "
             f"kills={self.random_kills} failpoint_crashes={sum(self.failpoint_crashes.values())} "
             f"lost={self.check.lost_count} duplicated={self.check.duplicated_count} "
-            f"conflicting={self.check.conflicting} disks={dict(self.disk_events)} "
+            f"conflicting={self.check.conflicting} "
+            f"chain_breaks={sum(self.check.chain_breaks.values())} "
+            f"disks={dict(self.disk_events)} "
             f"repairs={len(self.repairs)} "
             f"p50={lat['p50']:.1f}ms p99={lat['p99']:.1f}ms max={lat['max']:.1f}ms "
             f"problems={len(self.all_problems)}"
@@ -654,6 +663,10 @@ class HistoryReport:
             ("**lost**", str(self.check.lost_count)),
             ("**duplicated**", str(self.check.duplicated_count)),
             ("**ids with two different entries**", str(self.check.conflicting)),
+            (
+                "**hash chain breaks (verify --deep, both nodes)**",
+                str(sum(self.check.chain_breaks.values())),
+            ),
             (
                 "disks taken (wiped, rolled back; snapshots taken)",
                 f"{self.disk_events['wipe']}, {self.disk_events['rollback']}; "

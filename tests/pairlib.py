@@ -109,7 +109,8 @@ def log_ids(log_dir: Path) -> list[str]:
 
 def assert_converged(pair: TwoNodes, acked: Iterable[str] = ()) -> None:
     """Both logs hold the same entries once each (every acknowledged one among them), no torn
-    lines, each node's entries in their order, and read() is identical on both nodes."""
+    lines, each node's entries in their order, read() is identical on both nodes, and every
+    link of both nodes' hash chains holds."""
     ids = {node: log_ids(pair.log_dir(node)) for node in ("a", "b")}
     for node, node_ids in ids.items():
         dups = [i for i, n in collections.Counter(node_ids).items() if n > 1]
@@ -130,8 +131,8 @@ def assert_converged(pair: TwoNodes, acked: Iterable[str] = ()) -> None:
     view_b = [e.to_dict() for e in b.read()]
     assert view_a == view_b
     assert len(view_a) == len(ids["a"])
-    result = a.verify()
-    assert result.in_sync, result
+    result = a.verify(deep=True)  # and no break in either node's hash chains (issue 22)
+    assert result.in_sync and not result.broken, result
     assert b.verify().in_sync
 
 

@@ -15,7 +15,8 @@ import weakref
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
-from twinlog import _inspect
+from twinlog import _inspect, _witness
+from twinlog._audit import WITNESS_FIELD
 from twinlog._commit import Commit, Pending, ReconcileResult, Stats, repair
 from twinlog._delivery import record_sync
 from twinlog._election import Election
@@ -229,7 +230,16 @@ class TwinLog:
             result = Commit(self._sides, self._stats, []).run()
             if result.peer_reachable:
                 record_sync(self._local_ops)  # both drains done under both locks: complete
-            return result
+            witness = None
+            if result.peer_reachable and self.config.witness:
+                sides = self._sides
+                witness = _witness.due(
+                    sides.local, self._local_ops, sides.peer.state, sides.peer.node
+                )
+        if witness is not None:
+            self._submit([Pending(*witness)])
+            _witness.remember(self._local_ops, self.config.peer, witness[2][WITNESS_FIELD]["seq"])
+        return result
 
     def rotate(self) -> ReconcileResult:
         """Reconcile, then make the active log a segment and apply retention.
@@ -288,10 +298,12 @@ class TwinLog:
         with self._mutex:
             return repair(self._sides)
 
-    def verify(self) -> VerifyResult:
-        """Compare this node's log with the peer's, by entry id (over the retained window)."""
+    def verify(self, *, deep: bool = False) -> VerifyResult:
+        """Compare this node's log with the peer's, by entry id (over the retained window),
+        and their chain heads. ``deep``: also re-check every link of every chain and every
+        witness on both nodes; each break is in ``broken`` (docs/security.md)."""
         with self._mutex:
-            return _inspect.verify(self._sides)
+            return _inspect.verify(self._sides, deep=deep)
 
     # -- introspection for tests and the CLI --------------------------------------------
     @property

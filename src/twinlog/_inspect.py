@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from twinlog._audit import Break, check_witnesses, walk, witnesses_in
 from twinlog._delivery import last_sync, oldest_undelivered, record_sync, ts_seconds
 from twinlog._fileops import LOG_FILE, DirOps
 from twinlog._history import Conflict, read_conflicts
@@ -87,6 +88,9 @@ def status(sides: Sides) -> dict[str, Any]:
         "conflict": None,
         "conflicts": [],
         "in_sync": False,
+        # Per origin, both nodes' chain heads [seq, chain]; equal: the same history (O(1)).
+        "chain_heads": None,
+        "heads_agree": None,
     }
     conflicts = read_conflicts(local)
     from_peer: str | None = None
@@ -112,7 +116,9 @@ def _peer_view(
     the oldest entry of the peer's that we lack."""
     cfg, peer = sides.config, sides.peer
     sides.reach.ops.check_identity(cfg.peer, sides.local_ops.dev_ino())
-    peer_hwm = dict(peer.refresh(repair=False).hwm)
+    peer_state = peer.refresh(repair=False)
+    peer_hwm = dict(peer_state.hwm)
+    info["chain_heads"], info["heads_agree"] = _heads(sides, peer_state.heads)
     info["cache_entries"]["peer"] = peer.count_cache()
     info["peer_last_seq"] = {
         cfg.node: peer_hwm.get(cfg.node, 0),
@@ -124,6 +130,23 @@ def _peer_view(
     info["pending_from_peer"], info["to_give_back"] = max(theirs, 0), max(-theirs, 0)
     conflicts = sides.histories.with_found({**read_conflicts(peer), **known})
     return conflicts, oldest_undelivered(peer, cfg.peer, local_hwm.get(cfg.peer, 0))
+
+
+def _heads(
+    sides: Sides, peer_heads: dict[str, tuple[int, str]]
+) -> tuple[dict[str, dict[str, list[Any] | None]], bool]:
+    """Both nodes' chain heads per origin, and whether they are all equal (docs/security.md)."""
+    cfg, local = sides.config, sides.local
+    assert local.state is not None
+    heads: dict[str, dict[str, list[Any] | None]] = {}
+    for origin in (cfg.node, cfg.peer):
+        mine, theirs = local.state.heads.get(origin), peer_heads.get(origin)
+        heads[origin] = {
+            cfg.node: None if mine is None else list(mine),
+            cfg.peer: None if theirs is None else list(theirs),
+        }
+    agree = all(local.state.heads.get(o) == peer_heads.get(o) for o in (cfg.node, cfg.peer))
+    return heads, agree
 
 
 def _conflicts_and_sync(info: dict[str, Any], conflicts: dict[str, Conflict], node: str) -> None:
@@ -163,17 +186,17 @@ def _report_delivery(sides: Sides, info: dict[str, Any], from_peer: str | None) 
 
 
 # -- verify ----------------------------------------------------------------------------------
-def verify(sides: Sides) -> VerifyResult:
+def verify(sides: Sides, *, deep: bool = False) -> VerifyResult:
     """``TwinLog.verify``: compare both logs by entry id; again if either rotated meanwhile."""
-    result, stable = _verify_once(sides)
+    result, stable = _verify_once(sides, deep)
     for _ in range(2):
         if stable:
             break
-        result, stable = _verify_once(sides)
+        result, stable = _verify_once(sides, deep)
     return result
 
 
-def _verify_once(sides: Sides) -> tuple[VerifyResult, bool]:
+def _verify_once(sides: Sides, deep: bool) -> tuple[VerifyResult, bool]:
     """One comparison, and whether neither log rotated while it read them."""
     cfg, local, peer = sides.config, sides.local, sides.peer
     result = VerifyResult(
@@ -199,6 +222,9 @@ def _verify_once(sides: Sides) -> tuple[VerifyResult, bool]:
                 local_mark=local_state.hwm.get(origin, 0),
                 peer_mark=peer_state.hwm.get(origin, 0),
             )
+        _compare_heads(sides, result, peer_state.heads)
+        if deep:
+            _deep(sides, result, local_files, peer_files)
         stable = all(
             store.segments() == [name for name, _ in files[:-1]]
             and (store.ops.stat(LOG_FILE) or (0, None))[1] == state.ino
@@ -217,5 +243,43 @@ def _verify_once(sides: Sides) -> tuple[VerifyResult, bool]:
         or result.missing_on_peer
         or result.duplicates_local
         or result.duplicates_peer
+        or result.broken
     )
     return result, stable
+
+
+def _compare_heads(sides: Sides, result: VerifyResult, peer: dict[str, tuple[int, str]]) -> None:
+    result.chain_heads, result.heads_agree = _heads(sides, peer)
+
+
+def _deep(
+    sides: Sides,
+    result: VerifyResult,
+    local_files: list[tuple[str, int | None]],
+    peer_files: list[tuple[str, int | None]],
+) -> None:
+    """Every link on both nodes, then every witness either log holds against both."""
+    cfg, local, peer = sides.config, sides.local, sides.peer
+    witnesses = {w.by: w for w in witnesses_in(local, local_files) + witnesses_in(peer, peer_files)}
+    wanted = {(w.origin, w.seq) for w in witnesses.values()}
+    walks = (
+        walk(local, local_files, cfg.node, wanted),
+        walk(peer, peer_files, cfg.peer, wanted),
+    )
+    for walked in walks:
+        check_witnesses(walked, witnesses.values())
+    # A node's log holds every entry of its own (the local append comes first): fewer of
+    # them than the peer holds is a cut-off tail.
+    for walked, other in (walks, walks[::-1]):
+        own = walked.last.get(walked.node, (0, None))[0]
+        held = other.last.get(walked.node, (0, None))[0]
+        if own < held:
+            name, at = walked.end
+            detail = f"its log ends at {walked.node}:{own}, {other.node} holds up to {held}"
+            walked.breaks.append(
+                Break(walked.node, name, at, f"{walked.node}:{own + 1}", "truncated", detail)
+            )
+    result.deep = True
+    result.lines_checked = sum(w.lines for w in walks)
+    result.broken = [b for w in walks for b in w.breaks]
+    result.unchained = {w.node: w.unchained for w in walks if w.unchained}

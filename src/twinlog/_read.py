@@ -9,6 +9,7 @@ import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from twinlog._audit import Break
 from twinlog._fileops import CHUNK, LOG_FILE
 from twinlog._seek import SegmentIndex, build_index, tail_start
 from twinlog._store import SEGMENT_RE, LogStore
@@ -322,6 +323,17 @@ class VerifyResult:
     peer_entries: int = 0
     expired_on_local: int = 0
     expired_on_peer: int = 0
+    #: Per origin, both nodes' chain heads ``[seq, chain]`` (None: no chained entry).
+    chain_heads: dict[str, dict[str, list[Any] | None]] = dataclasses.field(default_factory=dict)
+    #: Whether every origin's heads are equal at equal seqs (the O(origins) check).
+    heads_agree: bool = False
+    #: ``verify(deep=True)`` only: every link and witness re-checked on both nodes.
+    deep: bool = False
+    #: What the deep check found: each break with its node, file, byte offset and id.
+    broken: list[Break] = dataclasses.field(default_factory=list)
+    #: Per node, per origin, the last seq of the unchained prefix (written before the chain).
+    unchained: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
+    lines_checked: int = 0
 
     @property
     def duplicates(self) -> list[str]:
@@ -337,9 +349,10 @@ class VerifyResult:
             parts.append(f"{self.expired_on_local} older entries expired on {self.node} only")
         if self.expired_on_peer:
             parts.append(f"{self.expired_on_peer} older entries expired on {self.peer} only")
+        deep = f"; {self.lines_checked} lines' chains re-checked" if self.deep else ""
         if parts:
-            return "compared over the retained window: " + "; ".join(parts)
-        return "compared both logs in full"
+            return "compared over the retained window: " + "; ".join(parts) + deep
+        return "compared both logs in full" + deep
 
     @property
     def missing(self) -> dict[str, list[str]]:

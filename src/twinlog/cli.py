@@ -9,7 +9,8 @@ exit status instead of exiting, so tests call it directly. Exit statuses:
 * 2: error: bad usage, configuration or a failing local directory. One line on stderr says what
   is wrong and how to fix it; never a traceback. (``status`` follows the Nagios plugin
   convention instead: 2 is CRITICAL, a history conflict or over a ``--critical`` limit,
-  and 3, UNKNOWN, is what it cannot tell, with a ``TWINLOG UNKNOWN - ...`` line.)
+  and 3, UNKNOWN, is what it cannot tell, with a ``TWINLOG UNKNOWN - ...`` line.
+  ``verify --deep`` exits 2 on a broken hash chain: docs/security.md.)
 """
 
 from __future__ import annotations
@@ -960,13 +961,42 @@ def cmd_rotate(args: argparse.Namespace, con: Console) -> int:
 
 
 # -- verify -------------------------------------------------------------------------------
+def _args_verify(parser: argparse.ArgumentParser) -> None:
+    _args_json(parser)
+    parser.add_argument(
+        "--deep",
+        action="store_true",
+        help="also re-check every link of both nodes' hash chains and every witness "
+        "(reads both logs in full; exit 2 on any break)",
+    )
+
+
 def cmd_verify(args: argparse.Namespace, con: Console) -> int:
     cfg = load_config(args)
     with TwinLog(cfg) as log:
-        result = log.verify()
+        result = log.verify(deep=args.deep)
     if args.json:
         con.print(json.dumps(result.to_dict(), indent=2))
-    elif not result.peer_reachable:
+    else:
+        _verify_text(con, cfg, result)
+    if result.broken:
+        return 2
+    return 0 if result.in_sync else 1
+
+
+def _verify_text(con: Console, cfg: Config, result: VerifyResult) -> None:
+    """The plain-words report of :func:`cmd_verify`."""
+    if result.broken:
+        con.print(f"TAMPERED OR DAMAGED - {plural(len(result.broken), 'break')} in the hash chains")
+        for found in result.broken[:_LIST_LIMIT]:
+            con.print(f"  {found}")
+        if len(result.broken) > _LIST_LIMIT:
+            con.print(f"  ... and {len(result.broken) - _LIST_LIMIT} more (--json lists all)")
+        con.print("see docs/security.md: what each kind of break means and what to do")
+    for node, origins in result.unchained.items():
+        for origin, seq in origins.items():
+            con.print(f"note: {node}'s entries of {origin} up to {seq} predate the chain")
+    if not result.peer_reachable:
         con.print(f"CANNOT VERIFY - peer {cfg.peer} not reachable: {reason_text(result.reason)}")
     elif result.in_sync:
         con.print(
@@ -994,7 +1024,6 @@ def cmd_verify(args: argparse.Namespace, con: Console) -> int:
         if result.conflicts:
             origin = result.conflicts[0].split(":", 1)[0]
             con.print(f"run 'twinlog repair' on {origin} to re-log its conflicting entries")
-    return 0 if result.in_sync else 1
 
 
 def _expiry_note(con: Console, result: VerifyResult) -> None:
@@ -1072,7 +1101,10 @@ COMMANDS: tuple[Command, ...] = (
         cmd_reconcile,
     ),
     Command(
-        "verify", "compare both nodes' logs entry by entry (0 in sync)", _args_json, cmd_verify
+        "verify",
+        "compare both nodes' logs entry by entry (0 in sync; --deep: 2 on a broken chain)",
+        _args_verify,
+        cmd_verify,
     ),
     Command(
         "rotate",

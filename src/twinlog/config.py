@@ -41,6 +41,10 @@ class Config:
 
     ``dedupe_window`` is how many of this node's own latest entries a write's idempotency
     ``key`` is looked up among (0: keys are stored but never looked up).
+
+    ``witness``: each reconcile that reaches the peer logs the peer's chain head as an entry of
+    this node (docs/security.md). Off in the library, so a log holds only what its programs
+    write; the Ansible role turns it on, and its minute timer's reconciles witness.
     """
 
     node: str
@@ -58,6 +62,7 @@ class Config:
     retain_segments: int | None = None
     retain_days: float | None = None
     dedupe_window: int = 10_000
+    witness: bool = False
 
     def __post_init__(self) -> None:
         for name in ("node", "peer"):
@@ -88,7 +93,7 @@ class Config:
             )
         for name in ("probe_timeout", "io_timeout", "lock_timeout"):
             _check_number(name, getattr(self, name), positive=True)
-        for name in ("require_mount", "fsync", "group_commit"):
+        for name in ("require_mount", "fsync", "group_commit", "witness"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
         _check_int("max_message_bytes", self.max_message_bytes, 1, MAX_MESSAGE_BYTES_CEILING)

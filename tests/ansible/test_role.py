@@ -631,6 +631,7 @@ def test_configuration(deployed: tuple[Node, list[Any]]) -> None:
         "peer_dir": str(node.path("/var/lib/twinlog/peer")),
         "lock_timeout": 25.0,
         "fsync": True,
+        "witness": True,  # the role's default: the minute timer's reconciles witness
     }
     assert isinstance(config["lock_timeout"], float)
 
