@@ -20,6 +20,7 @@ from benchmarks._env import Row, can_bind_mount, machine_description
 from benchmarks.batch import run_batches
 from benchmarks.bigdata import run_drain, run_read_verify
 from benchmarks.burst import run_burst
+from benchmarks.chain import run_chain
 from benchmarks.fastpaths import run_fastpaths
 from benchmarks.latency import Series, run_latency, run_overhead, run_probe
 from benchmarks.rsyslog import run_rsyslog
@@ -39,6 +40,7 @@ SECTIONS = (
     "drain",
     "read",
     "seek",
+    "chain",
     "probe",
 )
 
@@ -88,6 +90,9 @@ def run_all(
     if "seek" in sections:
         say(f"a 15-minute window and the last 100 of {entries:,} entries over 30 days")
         rows += run_seek(base, entries)
+    if "chain" in sections:
+        say(f"the hash chain: sealing, status() and verify(deep=True) over {entries:,} entries")
+        rows += run_chain(base, samples, entries)
     if "probe" in sections:
         say("probe cost and hung peer")
         assert single is not None  # measured above for the probe's share of a write
