@@ -22,8 +22,10 @@ from typing import Any
 import pytest
 
 from twinlog import TwinLog
+from twinlog._chain import GENESIS, seal, split_chain
 from twinlog._commit import Commit
 from twinlog._group import Leadership
+from twinlog.entry import parse_key
 from twinlog.testing import TwoNodes, mount_points
 
 
@@ -186,3 +188,16 @@ def write_through_a_leader(
     t.join(5)
     lead.close()
     return done
+
+
+def sealed_after(log_dir: Path, line: bytes) -> bytes:
+    """``line`` (an encoded entry) sealed as its origin's process would have: chained to the
+    origin's newest entry in ``log_dir``'s active log (what a test fakes a dead process wrote)."""
+    origin = (parse_key(line) or ("",))[0]
+    prev = GENESIS
+    for found in log_lines(log_dir):
+        key = parse_key(found + b"\n")
+        if key is not None and key[0] == origin:
+            link = split_chain(found + b"\n")
+            prev = link[1] if link is not None else GENESIS
+    return seal(line, prev)[0]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from pairlib import Pair, assert_converged, log_ids, spawn, write_through_a_leader
+from pairlib import Pair, assert_converged, log_ids, sealed_after, spawn, write_through_a_leader
 from twinlog import Config, TwinLog
 from twinlog._group import Follower, Leadership, follow
 from twinlog.entry import encode_entry
@@ -97,7 +97,7 @@ def test_orphans_written_by_a_dead_leader_are_answered_not_written_again(pair: P
     a = pair.twin("a", group_commit=False)
     first = a.write("before")
     ts = "2099-01-01T00:00:00.000001Z"
-    line = encode_entry("a", 2, ts, "orphan", b'"k":1')
+    line = sealed_after(pair.log_dir("a"), encode_entry("a", 2, ts, "orphan", b'"k":1'))
     with open(pair.log_dir("a") / "twinlog.log", "ab") as f:  # what the dead leader wrote
         f.write(line)
     from twinlog._commit import Commit, Pending

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from pairlib import Pair, assert_converged, log_ids, log_lines, write_through_a_leader
+from pairlib import Pair, assert_converged, log_ids, log_lines, sealed_after, write_through_a_leader
 from twinlog._fileops import Allowed, DirOps, _as_expected
 from twinlog.entry import encode_entry
 
@@ -85,7 +85,7 @@ def test_an_entry_the_peer_left_undelivered_is_pulled(pair: Pair) -> None:
     acked = [a.write("one").id, b.write("b one").id, a.write("two").id]
     # b wrote b:2 to its own log and died before appending it to ours: no cache.
     line = encode_entry("b", 2, "2026-11-28T14:00:00.000000Z", "undelivered", b"")
-    _append_raw(pair.log_dir("b"), line)
+    _append_raw(pair.log_dir("b"), sealed_after(pair.log_dir("b"), line))
     before = trips(a)
     acked.append(a.write("three").id)
     assert trips(a) == (before[0], before[1] + 1)
@@ -125,7 +125,7 @@ def test_our_entry_another_process_left_undelivered_is_pushed_first(pair: Pair) 
     a = pair.twin("a")
     acked = [a.write("one").id, a.write("two").id]
     # Another process of a appended a:3 to our log and died before the peer's: no cache.
-    _append_raw(pair.log_dir("a"), _line("a", 3))
+    _append_raw(pair.log_dir("a"), sealed_after(pair.log_dir("a"), _line("a", 3)))
     done = trips(a)
     acked.append(a.write("three").id)  # a:4
     assert trips(a) == (done[0], done[1] + 1)
