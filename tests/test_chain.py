@@ -236,3 +236,38 @@ def test_witnesses_only_when_configured_and_never_of_a_witness(tmp_path: Path) -
         p.b.write("y")
         p.a.reconcile()
         assert not [e for e in p.a.read() if "witness" in e.fields]
+
+
+def test_deep_checks_only_what_is_new_unless_full(twins: LocalPair) -> None:
+    first = twins.a.verify(deep=True)
+    assert first.lines_checked == 2 * first.local_entries and not first.broken
+    for i in range(3):
+        twins.a.write(f"new{i}")
+    again = twins.a.verify(deep=True)
+    assert (again.lines_checked, again.broken) == (6, [])  # the three new lines on each node
+    # An old line edited the same way on both nodes since: the copies still agree, and the
+    # check of what is new does not see it; --full does.
+    for node in ("a", "b"):
+        rewrite(
+            log_of(twins, node), lambda ls: [ln.replace(b'"msg":"a2"', b'"msg":"a8"') for ln in ls]
+        )
+    assert twins.a.verify(deep=True).broken == []
+    full = twins.a.verify(full=True)
+    assert full.deep and full.lines_checked == 2 * full.local_entries
+    assert kinds(full) == [("a", "link", "a:3"), ("b", "link", "a:3")]
+    # Copies that differ: the whole of both logs, whatever was verified before.
+    rewrite(log_of(twins, "b"), lambda ls: [ln.replace(b'"msg":"a8"', b'"msg":"a9"') for ln in ls])
+    differ = twins.a.verify(deep=True)
+    assert differ.lines_checked == 2 * differ.local_entries and differ.conflicts == ["a:3"]
+
+
+def test_deep_starts_over_when_the_verified_part_changed(twins: LocalPair) -> None:
+    """A rollback or a rewrite of the end of what was verified: all of it again."""
+    assert twins.a.verify(deep=True).broken == []
+    for node in ("a", "b"):  # the same on both: the copies agree, the heads too
+        path = log_of(twins, node)
+        rewrite(path, lambda ls: [*ls[:-1], ls[-1].replace(b'"msg":"', b'"msg":"X')])
+    result = twins.a.verify(deep=True)
+    assert result.conflicts == [] and result.heads_agree
+    assert result.lines_checked == 2 * result.local_entries
+    assert [(b.node, b.kind) for b in result.broken] == [("a", "link"), ("b", "link")]

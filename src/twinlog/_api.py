@@ -298,12 +298,14 @@ class TwinLog:
         with self._mutex:
             return repair(self._sides)
 
-    def verify(self, *, deep: bool = False) -> VerifyResult:
+    def verify(self, *, deep: bool = False, full: bool = False) -> VerifyResult:
         """Compare this node's log with the peer's, by entry id (over the retained window),
         and their chain heads. ``deep``: also re-check every link of every chain and every
-        witness on both nodes; each break is in ``broken`` (docs/security.md)."""
+        witness on both nodes; each break is in ``broken`` (docs/security.md). A deep check
+        starts where the last one without a break ended (``twinlog.verified``); ``full``:
+        from the start of both logs."""
         with self._mutex:
-            return _inspect.verify(self._sides, deep=deep)
+            return _inspect.verify(self._sides, deep=deep or full, full=full)
 
     # -- introspection for tests and the CLI --------------------------------------------
     @property

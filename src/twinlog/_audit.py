@@ -23,6 +23,7 @@ __all__ = ["WITNESS_FIELD", "Break", "Walk", "Witness", "check_witnesses", "walk
 #: The field of a witness entry: ``{"origin", "seq", "chain"}`` of the peer's head.
 WITNESS_FIELD = "witness"
 _WITNESS_MARK = b'"witness":{'
+_TAIL = 80  # bytes before where a walk ended, that must still be there to resume from it
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,6 +69,9 @@ class Walk:
     found: dict[tuple[str, int], tuple[str, str, int]] = dataclasses.field(default_factory=dict)
     lines: int = 0
     end: tuple[str, int] = ("", 0)  # the last file walked and its size walked
+    #: Where this walk ended, for the next to start from (``resume``): each file's inode and
+    #: size walked, each origin's last seq and chain.
+    verified: dict[str, Any] = dataclasses.field(default_factory=lambda: {"files": []})
 
 
 def walk(
@@ -75,18 +79,73 @@ def walk(
     files: list[tuple[str, int | None]],
     node: str,
     wanted: Iterable[tuple[str, int]] = (),
+    resume: dict[str, Any] | None = None,
 ) -> Walk:
-    """Check every line of ``files`` (in log order) on ``store``, ``node``'s directory."""
+    """Check every line of ``files`` (in log order) on ``store``, ``node``'s directory; from
+    where ``resume`` (a :attr:`Walk.verified` of an earlier walk without a break) ended, when
+    it still describes these files (each file keeps its inode through a rotation)."""
     result = Walk(node)
     want = set(wanted)
-    for name, end in files:
-        offset = 0
-        for block in store.iter_blocks(name, 0, end):
+    stats = [store.ops.stat(name) or (0, 0) for name, _ in files]
+    inodes = [ino for _size, ino in stats]
+    ends = [end for _name, end in files]
+    sizes = [size if end is None else end for end, (size, _ino) in zip(ends, stats, strict=True)]
+    starts = _resume(result, resume, store, [name for name, _ in files], (inodes, sizes))
+    for (name, end), start in zip(files, starts, strict=True):
+        offset = start
+        for block in store.iter_blocks(name, start, end):
             for line in block.splitlines(keepends=True):
                 _check_line(result, want, name, offset, line)
                 offset += len(line)
         result.end = (name, offset)
+        tail = store.ops.read(name, max(0, offset - _TAIL), min(offset, _TAIL)).hex()
+        result.verified["files"].append([inodes[len(result.verified["files"])], offset, tail])
+    result.verified["last"] = {
+        o: [seq, None if chain is None else chain.hex()] for o, (seq, chain) in result.last.items()
+    }
+    result.verified["unchained"] = dict(result.unchained)
+    for origin, seq in want - set(result.found):
+        held = result.last.get(origin, (0, None))[0]
+        found = store.line_of(origin, seq) if seq <= held else None
+        link = split_chain(found) if found is not None else None
+        if link is not None:  # in the part verified before: found, not placed
+            result.found[(origin, seq)] = (link[1].hex(), "(verified before; --full places it)", -1)
     return result
+
+
+def _resume(
+    result: Walk,
+    resume: dict[str, Any] | None,
+    store: LogStore,
+    names: list[str],
+    files: tuple[list[int], list[int]],
+) -> list[int]:
+    """Where to start in each file: past what ``resume`` verified, if each file is still the
+    one verified (its inode, at least its size, the same last bytes before where it ended);
+    otherwise (rotated away, rolled back, repaired, rewritten) from the start."""
+    inodes, sizes = files
+    starts = [0] * len(names)
+    if not resume:
+        return starts
+    try:
+        verified = [
+            (int(ino), int(size), bytes.fromhex(tail)) for ino, size, tail in resume["files"]
+        ]
+        last = {
+            str(o): (int(v[0]), None if v[1] is None else bytes.fromhex(v[1]))
+            for o, v in resume["last"].items()
+        }
+        unchained = {str(o): int(s) for o, s in resume.get("unchained", {}).items()}
+    except (KeyError, TypeError, ValueError):
+        return starts
+    if len(verified) > len(names) or [v[0] for v in verified] != inodes[: len(verified)]:
+        return starts
+    for i, (_ino, size, tail) in enumerate(verified):
+        if sizes[i] < size or store.ops.read(names[i], size - len(tail), len(tail)) != tail:
+            return [0] * len(names)
+        starts[i] = size
+    result.last, result.unchained = last, unchained
+    return starts
 
 
 def witnesses_in(store: LogStore, files: list[tuple[str, int | None]]) -> list[Witness]:

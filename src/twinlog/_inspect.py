@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import json
 import os
 import time
 from collections.abc import Iterator
@@ -186,17 +187,19 @@ def _report_delivery(sides: Sides, info: dict[str, Any], from_peer: str | None) 
 
 
 # -- verify ----------------------------------------------------------------------------------
-def verify(sides: Sides, *, deep: bool = False) -> VerifyResult:
-    """``TwinLog.verify``: compare both logs by entry id; again if either rotated meanwhile."""
-    result, stable = _verify_once(sides, deep)
+def verify(sides: Sides, *, deep: bool = False, full: bool = False) -> VerifyResult:
+    """``TwinLog.verify``: compare both logs by entry id; again if either rotated meanwhile.
+    ``deep``: also every link and witness, from where the last deep check ended (``full``:
+    from the start)."""
+    result, stable = _verify_once(sides, deep, full)
     for _ in range(2):
         if stable:
             break
-        result, stable = _verify_once(sides, deep)
+        result, stable = _verify_once(sides, deep, full)
     return result
 
 
-def _verify_once(sides: Sides, deep: bool) -> tuple[VerifyResult, bool]:
+def _verify_once(sides: Sides, deep: bool, full: bool) -> tuple[VerifyResult, bool]:
     """One comparison, and whether neither log rotated while it read them."""
     cfg, local, peer = sides.config, sides.local, sides.peer
     result = VerifyResult(
@@ -224,7 +227,9 @@ def _verify_once(sides: Sides, deep: bool) -> tuple[VerifyResult, bool]:
             )
         _compare_heads(sides, result, peer_state.heads)
         if deep:
-            _deep(sides, result, local_files, peer_files)
+            # Copies that differ: the whole of both logs, to place what broke.
+            full = full or bool(result.conflicts) or not result.heads_agree
+            _deep(sides, result, (local_files, peer_files), full=full)
         stable = all(
             store.segments() == [name for name, _ in files[:-1]]
             and (store.ops.stat(LOG_FILE) or (0, None))[1] == state.ino
@@ -255,16 +260,20 @@ def _compare_heads(sides: Sides, result: VerifyResult, peer: dict[str, tuple[int
 def _deep(
     sides: Sides,
     result: VerifyResult,
-    local_files: list[tuple[str, int | None]],
-    peer_files: list[tuple[str, int | None]],
+    files: tuple[list[tuple[str, int | None]], list[tuple[str, int | None]]],
+    *,
+    full: bool,
 ) -> None:
-    """Every link on both nodes, then every witness either log holds against both."""
+    """Every link on both nodes (from where the last deep check without a break ended,
+    unless ``full``), then every witness either log holds against both."""
     cfg, local, peer = sides.config, sides.local, sides.peer
+    local_files, peer_files = files
     witnesses = {w.by: w for w in witnesses_in(local, local_files) + witnesses_in(peer, peer_files)}
     wanted = {(w.origin, w.seq) for w in witnesses.values()}
+    resume = {} if full else _verified(sides)
     walks = (
-        walk(local, local_files, cfg.node, wanted),
-        walk(peer, peer_files, cfg.peer, wanted),
+        walk(local, local_files, cfg.node, wanted, resume.get(cfg.node)),
+        walk(peer, peer_files, cfg.peer, wanted, resume.get(cfg.peer)),
     )
     for walked in walks:
         check_witnesses(walked, witnesses.values())
@@ -283,3 +292,18 @@ def _deep(
     result.lines_checked = sum(w.lines for w in walks)
     result.broken = [b for w in walks for b in w.breaks]
     result.unchained = {w.node: w.unchained for w in walks if w.unchained}
+    if not result.broken:
+        data = json.dumps({w.node: w.verified for w in walks}).encode()
+        sides.local_ops.replace(VERIFIED_FILE, data, False)
+
+
+#: Where the last ``verify --deep`` without a break ended, per node (``_audit.walk``'s resume).
+VERIFIED_FILE = "twinlog.verified"
+
+
+def _verified(sides: Sides) -> dict[str, Any]:
+    try:
+        data = json.loads(sides.local_ops.read(VERIFIED_FILE, 0, 1 << 20) or b"{}")
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}

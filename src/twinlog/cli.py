@@ -966,15 +966,16 @@ def _args_verify(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--deep",
         action="store_true",
-        help="also re-check every link of both nodes' hash chains and every witness "
-        "(reads both logs in full; exit 2 on any break)",
+        help="also re-check the links of both nodes' hash chains and every witness, from "
+        "where the last --deep ended (exit 2 on any break)",
     )
+    parser.add_argument("--full", action="store_true", help="--deep from the start of both logs")
 
 
 def cmd_verify(args: argparse.Namespace, con: Console) -> int:
     cfg = load_config(args)
     with TwinLog(cfg) as log:
-        result = log.verify(deep=args.deep)
+        result = log.verify(deep=args.deep, full=args.full)
     if args.json:
         con.print(json.dumps(result.to_dict(), indent=2))
     else:
